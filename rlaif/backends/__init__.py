@@ -1,0 +1,1 @@
+"""Model backends behind the one `Generator` seam."""

@@ -1,0 +1,77 @@
+"""The one seam to models: requests in, completions out, in batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one request; `n` completions are drawn from the same prompt."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to complete: `messages` for chat models, or a raw `prompt` for base models."""
+
+    sampling: Sampling = field(default_factory=Sampling)
+    prompt: str | None = None
+    messages: tuple[dict, ...] | None = None
+
+    def __post_init__(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a Request needs exactly one of `prompt` or `messages`")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One sampled continuation: its text (stop string removed) and how many tokens it used."""
+
+    text: str
+    tokens: int
+    finish_reason: str = "stop"  # "stop" (EOS or stop string) or "length"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The `n` outputs of one request, and the prompt's length in tokens."""
+
+    outputs: tuple[Output, ...]
+    prompt_tokens: int
+
+
+# Called after each finished chunk of a batch with (requests done, generated tokens in the chunk).
+ProgressFn = Callable[[int, int], None]
+
+
+class Generator(Protocol):
+    """What every backend provides. Stages talk to models only through this."""
+
+    model_id: str  # what the model is, for record keys and provenance
+    has_chat_template: bool
+
+    def generate(self, requests: list[Request], progress: ProgressFn | None = None) -> list[Completion]:
+        """Complete every request; results are in request order."""
+        ...
+
+    def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
+        """Log-probability of each option's first token as the next token after each prompt."""
+        ...
+
+    def close(self) -> None:
+        """Free the engine and its memory."""
+        ...
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop string; return the text and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

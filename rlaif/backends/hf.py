@@ -1,0 +1,114 @@
+"""Plain transformers `generate`: the fallback backend and the one the tests use."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .base import Completion, Output, ProgressFn, Request, truncate_at_stop
+
+_DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+class HFGenerator:
+    """Batched sampling with `model.generate`; left padding so every row ends at its prompt."""
+
+    def __init__(self, model: str, dtype: str = "bfloat16", batch_size: int = 16, device: str = "cpu"):
+        self.model_id = model
+        self.batch_size = batch_size
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype]).to(device).eval()
+        self.has_chat_template = bool(self.tokenizer.chat_template)
+
+    def _text(self, request: Request) -> str:
+        if request.messages is None:
+            return request.prompt
+        return self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, texts: list[str]) -> dict:
+        # chat templates already spell out BOS; tokenizing them again would double it
+        chat = self.has_chat_template and self.tokenizer.bos_token and texts[0].startswith(self.tokenizer.bos_token)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request], progress: ProgressFn | None = None) -> list[Completion]:
+        """Sample each request; requests with equal sampling settings are batched together."""
+        results: list[Completion | None] = [None] * len(requests)
+        groups: dict = {}  # per-request seeds differ, so batch on everything but the seed
+        for i, r in enumerate(requests):
+            groups.setdefault(replace(r.sampling, seed=None), []).append(i)
+        for sampling, idx in groups.items():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                texts = [self._text(requests[i]) for i in chunk]
+                seeds = [requests[i].sampling.seed for i in chunk]
+                seed = None if None in seeds else hash(tuple(seeds)) % 2**31
+                done = self._generate_chunk(texts, replace(sampling, seed=seed))
+                new_tokens = 0
+                for i, completion in zip(chunk, done):
+                    results[i] = completion
+                    new_tokens += sum(o.tokens for o in completion.outputs)
+                if progress:
+                    progress(len(chunk), new_tokens)
+        return results
+
+    def _generate_chunk(self, texts: list[str], s) -> list[Completion]:
+        batch = self._encode(texts)
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        sample = s.temperature > 0
+        out = self.model.generate(
+            **batch,
+            do_sample=sample,
+            temperature=s.temperature if sample else None,
+            top_p=s.top_p if sample else None,
+            top_k=0 if sample else None,
+            max_new_tokens=s.max_tokens,
+            num_return_sequences=s.n,
+            stop_strings=list(s.stop) or None,
+            tokenizer=self.tokenizer,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        prompt_len = batch["input_ids"].shape[1]
+        generated = out[:, prompt_len:]  # (batch * n, new_tokens)
+        completions = []
+        for b, mask in enumerate(batch["attention_mask"]):
+            outputs = []
+            for row in generated[b * s.n : (b + 1) * s.n]:
+                ids = row.tolist()
+                eos = self.tokenizer.eos_token_id
+                ended = eos in ids
+                ids = ids[: ids.index(eos)] if ended else ids
+                while ids and ids[-1] == self.tokenizer.pad_token_id:
+                    ids.pop()
+                text, stopped = truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), s.stop)
+                if stopped:  # count only the tokens up to the stop string
+                    ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                finish = "stop" if ended or stopped else "length"
+                outputs.append(Output(text=text, tokens=len(ids), finish_reason=finish))
+            completions.append(Completion(outputs=tuple(outputs), prompt_tokens=int(mask.sum())))
+        return completions
+
+    @torch.inference_mode()
+    def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
+        """Log-probabilities of each option's first token at the next position."""
+        option_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in options]
+        result = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            batch = self._encode([self._text(r) for r in chunk])
+            logits = self.model(**batch).logits[:, -1, :].float()  # (batch, vocab); left padding
+            logp = torch.log_softmax(logits, dim=-1)
+            result += [{o: logp[b, t].item() for o, t in zip(options, option_ids)} for b in range(len(chunk))]
+        return result
+
+    def close(self) -> None:
+        """Drop the model so its memory can be freed."""
+        self.model = None

@@ -1,0 +1,104 @@
+"""The `rlaif` command line: thin commands over library functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+
+class Group(click.Group):
+    """Bad input from the user becomes one line on stderr and exit status 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(str(e), err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="rlaif")
+def main():
+    """rlaif: turn prompts and a constitution into aligned-model training data, with no human labellers."""
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--constitution", help="Constitution YAML (overrides the pipeline's).")
+@click.option("--prompts", help="Prompts file or saved dataset (overrides the pipeline's).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N prompts.")
+@click.option("--output", help="Run directory (default outputs/<name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline setting, e.g. stages.respond.n=4.")
+def run(pipeline, constitution, prompts, limit, output, overrides):
+    """Run PIPELINE: respond, critique and revise, then export SFT and preference datasets.
+
+    Rerunning the same command resumes: finished records are reused, missing ones generated.
+    """
+    from .config import load_pipeline
+    from .pipeline import plan
+    from .pipeline import run as run_plan
+
+    p = plan(load_pipeline(pipeline, list(overrides), constitution=constitution, prompts=prompts, limit=limit, output=output))
+    info = run_plan(p)
+    c = info["counts"]
+    click.echo(f"{c['prompts']} prompts, {c['responses']} responses, {c['critique_rounds']} critique rounds "
+               f"in {info['seconds']} s")
+    click.echo(f"run directory: {p.run_dir}")
+    for name, rows in (("sft", c["sft_rows"]), ("prefs", c["pref_rows"])):
+        click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
+
+
+@main.group()
+def constitution():
+    """Check constitutions and see the prompts they produce."""
+
+
+@constitution.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file):
+    """Validate FILE: exit 0, or print FILE:LINE: message and exit 2."""
+    from .constitution import load_constitution
+
+    c = load_constitution(file)
+    click.echo(f"{file}: ok ({len(c.principles)} principles, {len(c.few_shot)} few-shot examples, sha256 {c.sha256[:12]})")
+
+
+@constitution.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--principle", "name", help="Show this principle (default: every principle).")
+@click.option("--format", "fmt", type=click.Choice(["completion", "chat"]), default="completion", show_default=True,
+              help="completion: few-shot Human:/Assistant: prompts for base models; chat: chat-model turns.")
+@click.option("--templates", type=click.Path(file_okay=False), help="Directory of templates overriding prompts/.")
+@click.option("--prompt", default="<prompt>", show_default=True, help="The user prompt to show.")
+@click.option("--response", default="<response>", show_default=True, help="The answer being critiqued.")
+def show(file, name, fmt, templates, prompt, response):
+    """Print the exact prompts that would be sent for each principle of FILE."""
+    from .constitution import load_constitution
+    from .show import render_prompts
+
+    c = load_constitution(file)
+    principles = [c.principle(name)] if name else list(c.principles)
+    click.echo(render_prompts(c, principles, fmt, templates, prompt, response))
+
+
+@main.group()
+def models():
+    """Manage the embedded default model."""
+
+
+@models.command()
+@click.option("--force", is_flag=True, help="Convert again even if the cached model exists.")
+def prepare(force):
+    """Convert the bundled Gemma 3 270M GGUF into a cached Hugging Face model directory."""
+    from .backends.default_model import prepare as prepare_model
+
+    click.echo(prepare_model(force=force))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Pipeline files: YAML -> frozen dataclasses, strictly; `--set key=value` overrides first."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from .errors import UserError
+from .schema import Builder, YamlMap, load_yaml
+
+# Base models continue the "Human: / Assistant:" transcript past their answer; these cut it.
+COMPLETION_STOP = ("\nHuman:", "\nAssistant:", "\nCritiqueRequest:", "\nCritique:", "\nRevisionRequest:", "\nRevision:", "\n-----")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model role: which weights, on which backend, with which engine settings."""
+
+    model: str = "default"  # "default" (the embedded Gemma 3 270M), a local HF directory, or a hub id
+    backend: Literal["vllm", "hf"] = "vllm"
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "bfloat16"
+    prompt_format: Literal["auto", "chat", "completion"] = "auto"  # auto: chat if the tokenizer has a template
+    max_model_len: int = 4096  # vllm: longest prompt + completion
+    kv_cache_gb: float = 2.0  # vllm on CPU: KV-cache size; the default would reserve most of the RAM
+    enforce_eager: bool | None = None  # vllm: None keeps the backend's measured default
+    batch_size: int = 16  # hf: sequences per `generate` call
+
+
+@dataclass(frozen=True)
+class Models:
+    """Models by role. The critic critiques and revises; in the CAI paper it is the policy itself."""
+
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    critic: ModelConfig | None = None  # None: same model (and same engine) as the policy
+
+
+@dataclass(frozen=True)
+class RespondConfig:
+    """Stage `respond`: sample `n` responses per prompt."""
+
+    n: int = 2
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 128
+    stop: tuple[str, ...] | None = None  # None: COMPLETION_STOP for base models, none for chat models
+
+    def __post_init__(self):
+        _positive(n=self.n, max_tokens=self.max_tokens)
+
+
+@dataclass(frozen=True)
+class CritiqueConfig:
+    """Stage `critique` (SL-CAI): `rounds` of critique then revision, one principle drawn per round."""
+
+    rounds: int = 1
+    temperature: float = 0.3
+    top_p: float = 0.95
+    max_tokens: int = 128
+    stop: tuple[str, ...] | None = None
+    principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all
+
+    def __post_init__(self):
+        _positive(rounds=self.rounds, max_tokens=self.max_tokens)
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Which stages run; a stage runs when its key is present (`respond: {}` takes the defaults)."""
+
+    respond: RespondConfig | None = None
+    critique: CritiqueConfig | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline file: inputs, models, stages and where the run directory goes."""
+
+    name: str
+    constitution: str
+    prompts: str
+    stages: Stages
+    models: Models = field(default_factory=Models)
+    seed: int = 0
+    limit: int | None = None  # use only the first N prompts
+    output: str | None = None  # run directory; default outputs/<name>
+    templates: str | None = None  # a directory whose templates override prompts/
+    few_shot: int | None = None  # use only the first N few-shot examples of the constitution
+    batch_size: int = 64  # requests per generate call; also how much a crash can lose
+    file: str = field(default="", compare=False, metadata={"yaml": False})
+    lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
+
+    def __post_init__(self):
+        _positive(batch_size=self.batch_size)
+        if self.limit is not None:
+            _positive(limit=self.limit)
+
+    def where(self, key: str) -> tuple[str, int | None]:
+        """File and line of a dotted key, for errors found after loading."""
+        return self.file, self.lines.get(key)
+
+    def snapshot(self) -> dict:
+        """The settings as plain data, for run.json."""
+        data = asdict(self)
+        data.pop("lines")
+        return data
+
+    @property
+    def critic(self) -> ModelConfig:
+        """The critic's model settings (the policy's unless set)."""
+        return self.models.critic or self.models.policy
+
+
+def _positive(**values):
+    for name, value in values.items():
+        if value is None or value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _apply_set(data: YamlMap, assignment: str) -> None:
+    """Apply one `dotted.key=value` override; the value is parsed as YAML (so 4 is an int)."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    node, parts = data, key.strip().split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = YamlMap()
+        node = node[part]
+    node[parts[-1]] = value
+    if isinstance(node, YamlMap):
+        node.key_lines.pop(parts[-1], None)  # an override has no line in the file
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """A path as given if it exists from here, else relative to the pipeline file's directory."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists() or not (base / p).exists():
+        return str(p)
+    return str(base / p)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = (), **cli) -> Pipeline:
+    """Load a pipeline file, apply `--set` overrides and CLI options, validate everything at once."""
+    data = load_yaml(path, "pipeline file")
+    for assignment in overrides:
+        _apply_set(data, assignment)
+    for key, value in cli.items():  # --constitution, --prompts, --limit, --output: taken literally
+        if value is not None:
+            data[key] = value
+            data.key_lines.pop(key, None)
+    builder = Builder(str(path))
+    pipeline = builder.build(Pipeline, data, line=1)
+    base = Path(path).resolve().parent
+    paths = {k: resolve_path(getattr(pipeline, k), base) for k in ("constitution", "prompts", "templates") if getattr(pipeline, k)}
+    return replace(pipeline, file=str(path), lines=builder.lines, **paths)

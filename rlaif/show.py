@@ -1,0 +1,34 @@
+"""Render the exact prompts a constitution produces, for `rlaif constitution show`."""
+
+from __future__ import annotations
+
+from .backends.base import Sampling
+from .constitution import Constitution, Principle
+from .progress import Reporter
+from .stages.common import StageContext
+from .stages.critique import critique_request, revision_request
+from .stages.respond import build_request
+from .inputs import Prompt
+from .templates import Templates
+
+
+def _show(request) -> str:
+    if request.prompt is not None:
+        return request.prompt
+    return "\n".join(f"[{m['role']}] {m['content']}" for m in request.messages)
+
+
+def render_prompts(c: Constitution, principles: list[Principle], fmt: str, templates_dir, prompt: str, response: str) -> str:
+    """The respond prompt once, then each principle's critique, revision and comparison prompts."""
+    ctx = StageContext(store=None, constitution=c, templates=Templates(templates_dir), reporter=Reporter())
+    messages = ({"role": "user", "content": prompt},)
+    s = Sampling()
+    rule = "=" * 78
+    out = [rule, f"respond ({fmt})", rule, _show(build_request(ctx, Prompt("-", messages), fmt, s))]
+    for p in principles:
+        out += [rule, f"principle {p.name}: critique ({fmt})", rule, _show(critique_request(ctx, fmt, list(messages), response, p, s))]
+        out += [rule, f"principle {p.name}: revision ({fmt})", rule,
+                _show(revision_request(ctx, fmt, list(messages), response, "<critique>", p, s))]
+        if p.comparison:
+            out += [rule, f"principle {p.name}: comparison question (pairwise judge)", rule, p.comparison]
+    return "\n".join(out)

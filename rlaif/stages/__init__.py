@@ -1,0 +1,1 @@
+"""Pipeline stages: each formats requests, calls the generator and stores records."""

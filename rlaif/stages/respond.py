@@ -1,0 +1,67 @@
+"""Stage `respond`: sample `n` responses per prompt."""
+
+from __future__ import annotations
+
+from ..backends.base import Completion, Request, Sampling
+from ..config import COMPLETION_STOP, RespondConfig
+from ..inputs import Prompt
+from ..store import record_key
+from .common import StageContext, chunks, derive_seed, few_shot_examples, prompt_format
+
+TEMPLATE = "completion/respond.j2"
+
+
+def build_request(ctx: StageContext, prompt: Prompt, fmt: str, sampling: Sampling) -> Request:
+    """Chat models get the conversation as is; base models a few-shot Human:/Assistant: transcript."""
+    if fmt == "chat":
+        return Request(messages=prompt.messages, sampling=sampling)
+    text = ctx.templates.render(TEMPLATE, messages=prompt.messages, few_shot=few_shot_examples(ctx, None))
+    return Request(prompt=text, sampling=sampling)
+
+
+def to_record(prompt: Prompt, sample: int, output, completion: Completion, model_id: str, fmt: str) -> dict:
+    """What one response record holds."""
+    return {
+        "prompt_id": prompt.id,
+        "messages": list(prompt.messages),
+        "sample": sample,
+        "text": output.text.strip(),
+        "tokens": output.tokens,
+        "finish_reason": output.finish_reason,
+        "prompt_tokens": completion.prompt_tokens,
+        "model": model_id,
+        "format": fmt,
+    }
+
+
+def respond(ctx: StageContext, generator, prompts: list[Prompt], cfg: RespondConfig, format_setting: str = "auto") -> list[dict]:
+    """Responses for every prompt (stored ones reused), in prompt order, `n` per prompt."""
+    fmt = prompt_format(format_setting, generator)
+    stop = cfg.stop if cfg.stop is not None else (COMPLETION_STOP if fmt == "completion" else ())
+    settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": list(stop)}
+    template = ctx.templates.sha256(TEMPLATE) if fmt == "completion" else "chat"
+    few_shot = [e["prompt"] + e["response"] for e in few_shot_examples(ctx, None)] if fmt == "completion" else []
+
+    def key(prompt: Prompt, sample: int) -> str:
+        return record_key(stage="respond", input=prompt.id, sample=sample, template=template, few_shot=few_shot,
+                          model=generator.model_id, sampling=settings, seed=ctx.seed, format=fmt)
+
+    keys = {(p.id, i): key(p, i) for p in prompts for i in range(cfg.n)}
+    records = ctx.store.get_many(list(keys.values()))
+    todo = [(p, missing) for p in prompts if (missing := [i for i in range(cfg.n) if keys[p.id, i] not in records])]
+    if todo:
+        advance = ctx.reporter.task("respond", len(todo))
+        for chunk in chunks(todo, ctx.batch_size):
+            requests = [
+                build_request(ctx, p, fmt, Sampling(n=len(missing), temperature=cfg.temperature, top_p=cfg.top_p,
+                                                    max_tokens=cfg.max_tokens, stop=tuple(stop),
+                                                    seed=derive_seed(ctx.seed, p.id, missing)))
+                for p, missing in chunk
+            ]
+            new = {}
+            for (p, missing), completion in zip(chunk, generator.generate(requests, advance)):
+                for i, output in zip(missing, completion.outputs):
+                    new[keys[p.id, i]] = to_record(p, i, output, completion, generator.model_id, fmt)
+            ctx.store.put_many("respond", new)
+            records.update(new)
+    return [records[keys[p.id, i]] | {"key": keys[p.id, i]} for p in prompts for i in range(cfg.n)]
