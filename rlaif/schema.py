@@ -62,8 +62,12 @@ def load_yaml(path: str | Path, what: str = "file") -> YamlMap:
     try:
         data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        if context and (mark is None or mark.line >= len(text.splitlines())):
+            mark = context  # an error found at the end of the file started where the context opened
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if getattr(e, "context", None):
+            problem = f"{e.context}: {problem}"
         raise UserError(f"invalid YAML: {problem}", str(path), mark.line + 1 if mark else 1) from None
     if data is None:
         raise UserError(f"{what} is empty", str(path), 1)

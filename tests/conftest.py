@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random-weight models with an in-process tokenizer; no downloads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _tiny_model(directory: Path, chat: bool) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [json.loads(line)["prompt"] for line in (ROOT / "data" / "prompts.jsonl").read_text().splitlines()]
+    corpus += (ROOT / "constitutions" / "harmless.yaml").read_text().splitlines()
+    specials = ["<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory) -> Path:
+    """A tiny Llama with a chat template (chat prompt format)."""
+    return _tiny_model(tmp_path_factory.mktemp("tiny-chat"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A tiny Llama without a chat template (few-shot completion format, like the default model)."""
+    return _tiny_model(tmp_path_factory.mktemp("tiny-base"), chat=False)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A scratch directory with the shipped constitutions, data and pipelines, as cwd."""
+    for name in ("constitutions", "data", "pipelines"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_pipeline(path: Path, model: Path | str, **extra) -> Path:
+    """A small hf-backend pipeline file for tests."""
+    stages = extra.pop("stages", "stages:\n  respond: {n: 2, max_tokens: 12}\n  critique: {rounds: 2, max_tokens: 12}\n")
+    text = (
+        f"name: {extra.pop('name', 'test')}\n"
+        f"constitution: {extra.pop('constitution', 'constitutions/harmless.yaml')}\n"
+        f"prompts: {extra.pop('prompts', 'data/prompts.jsonl')}\n"
+        f"limit: {extra.pop('limit', 6)}\n"
+        f"batch_size: {extra.pop('batch_size', 4)}\n"
+        f"models:\n  policy: {{model: {model}, backend: hf, dtype: float32}}\n" + stages
+    )
+    for key, value in extra.items():
+        text += f"{key}: {value}\n"
+    path.write_text(text)
+    return path

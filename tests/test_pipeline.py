@@ -1,0 +1,51 @@
+"""End to end on tiny models with the hf backend: run, resume, export, train one DPO step."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+from click.testing import CliRunner
+
+from rlaif.cli import main
+from rlaif.store import Store
+
+from .conftest import write_pipeline
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
+    return result
+
+
+def test_run_writes_run_directory(workdir, tiny_base_model):
+    pipe = write_pipeline(workdir / "p.yaml", tiny_base_model)
+    result = _run("run", pipe)
+    assert result.exit_code == 0, result.output
+    run_dir = workdir / "outputs" / "test"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "complete" and info["seed"] == 0 and info["rlaif_version"]
+    assert len(info["constitution"]["sha256"]) == 64 and info["templates"]["completion/critique.j2"]
+    assert info["models"]["policy"] == str(tiny_base_model)
+    assert info["counts"]["responses"] == 12 and info["counts"]["critique_rounds"] == 24
+    store = Store(run_dir / "records.sqlite")
+    assert store.count("respond") == 12 and store.count("critique") == 24
+    store.close()
+
+
+def test_sft_and_prefs_rows(workdir, tiny_chat_model):
+    pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model)
+    assert _run("run", pipe).exit_code == 0
+    run_dir = workdir / "outputs" / "test"
+    sft = datasets.load_from_disk(str(run_dir / "sft"))
+    lines = (run_dir / "sft.jsonl").read_text().splitlines()
+    assert len(sft) == len(lines) > 0
+    row = sft[0]
+    assert row["messages"][0]["role"] == "user" and row["messages"][-1]["role"] == "assistant"
+    prefs = datasets.load_from_disk(str(run_dir / "prefs"))
+    assert len(prefs) == len((run_dir / "prefs.jsonl").read_text().splitlines())
+    for row in prefs:
+        assert row["prompt"][-1]["role"] == "user"
+        assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
+        assert row["chosen"] != row["rejected"] and row["rounds"] == 2 and len(row["principles"]) == 2
+        assert row["source"] == "ai" and row["pair_type"] == "revision" and row["response_key"]
