@@ -49,3 +49,24 @@ def test_sft_and_prefs_rows(workdir, tiny_chat_model):
         assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
         assert row["chosen"] != row["rejected"] and row["rounds"] == 2 and len(row["principles"]) == 2
         assert row["source"] == "ai" and row["pair_type"] == "revision" and row["response_key"]
+
+
+def test_dpo_trains_on_exported_prefs(workdir, tiny_chat_model, tmp_path):
+    """The exported prefs/ is TRL-native: one DPOTrainer step runs on it and moves the weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    assert _run("run", write_pipeline(workdir / "p.yaml", tiny_chat_model)).exit_code == 0
+    prefs = datasets.load_from_disk(str(workdir / "outputs" / "test" / "prefs"))
+    assert len(prefs) > 0
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model)
+    before = [p.detach().clone() for p in model.parameters()]
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2, learning_rate=1e-2,
+                     report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, max_length=256)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=prefs, processing_class=tokenizer)
+    trainer.train()
+    loss = trainer.state.log_history[0]["loss"]
+    assert torch.isfinite(torch.tensor(loss))
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
