@@ -89,8 +89,20 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _quiet_libraries() -> None:
+    """Our progress bars say what is happening; the libraries' own bars and warnings would bury them."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
 def run(p: Plan, reporter: Reporter | None = None) -> dict:
     """Run the stages of a validated plan; stored records are reused, so a rerun resumes."""
+    _quiet_libraries()
     reporter = reporter or Reporter()
     pipeline, run_dir = p.pipeline, p.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
