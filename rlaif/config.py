@@ -12,7 +12,7 @@ from .errors import UserError
 from .schema import Builder, YamlMap, load_yaml
 
 # Base models continue the "Human: / Assistant:" transcript past their answer; these cut it.
-COMPLETION_STOP = ("\nHuman:", "\nAssistant:", "\nCritiqueRequest:", "\nCritique:", "\nRevisionRequest:", "\nRevision:", "\n-----")
+COMPLETION_STOP = ("\nHuman:", "\nAssistant:", "\nCritiqueRequest:", "\nCritique:", "\nRevisionRequest:", "\nRevision:", "\n---")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class Pipeline:
     templates: str | None = None  # a directory whose templates override prompts/
     few_shot: int | None = None  # use only the first N few-shot examples of the constitution
     batch_size: int = 64  # requests per generate call; also how much a crash can lose
+    drop_degenerate: bool = True  # keep revisions that echo a request, copy an example or loop out of the datasets
     file: str = field(default="", compare=False, metadata={"yaml": False})
     lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
 

@@ -25,40 +25,51 @@ PREF_FEATURES = datasets.Features(
 )
 
 
-def final_answer(response: dict, rounds: list[dict]) -> tuple[str, list[dict]]:
-    """The last non-empty revision (or the response itself), and the rounds that led to it."""
-    answer, used = response["text"], []
-    for rnd in rounds:
-        used.append(rnd)
-        if rnd["revision"]:
-            answer = rnd["revision"]
-    return answer, used
+def final_answer(response: dict, rounds: list[dict], problem) -> tuple[str | None, list[dict], list[str]]:
+    """The last usable revision (None if no round produced one), the rounds up to it, and each round's problem."""
+    answer, used, problems = None, [], []
+    current = response["text"]
+    for i, rnd in enumerate(rounds):
+        why = problem(rnd, current)
+        problems.append(why)
+        if why is None:
+            answer, used, current = rnd["revision"], rounds[: i + 1], rnd["revision"]
+    return answer, used, [p for p in problems if p]
 
 
-def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, meta: dict) -> tuple[list, list, dict]:
-    """SFT rows (final answers) and preference rows (final revision over initial response), plus counts."""
-    sft, prefs, stats = [], [], {"responses": len(responses), "empty": 0, "unchanged": 0}
+def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, meta: dict, problem=None) -> tuple[list, list, dict]:
+    """SFT rows (final answers) and preference rows (final revision over initial response), plus counts.
+
+    `problem(round_record, previous_answer)` says why a revision is unusable (or None); unusable
+    revisions are counted in the stats and never become training targets.
+    """
+    problem = problem or (lambda rnd, prev: None if rnd["revision"] and rnd["revision"] != prev else "unusable")
+    sft, prefs = [], []
+    stats: dict = {"responses": len(responses), "empty_responses": 0, "no_usable_revision": 0, "revision_problems": {}}
     for r in responses:
-        rounds = (history or {}).get(r["key"], [])
-        answer, used = final_answer(r, rounds)
+        if not r["text"]:
+            stats["empty_responses"] += 1
+            continue
+        common = {"prompt_id": r["prompt_id"], "sample": r["sample"], "constitution_sha256": meta["constitution_sha256"],
+                  "seed": meta["seed"]}
+        if history is None:  # no critique stage: the responses themselves are the SFT data
+            sft.append({"messages": r["messages"] + [{"role": "assistant", "content": r["text"]}], "source": "response",
+                        "principles": [], "model": r["model"], **common})
+            continue
+        answer, used, problems = final_answer(r, history.get(r["key"], []), problem)
+        for why in problems:
+            stats["revision_problems"][why] = stats["revision_problems"].get(why, 0) + 1
+        if answer is None:
+            stats["no_usable_revision"] += 1
+            continue
         principles = [x["principle"] for x in used]
-        if not answer:
-            stats["empty"] += 1
-            continue
-        common = {"prompt_id": r["prompt_id"], "sample": r["sample"], "principles": principles,
-                  "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"]}
-        sft.append({"messages": r["messages"] + [{"role": "assistant", "content": answer}],
-                    "source": "revision" if history is not None else "response", "model": rounds[-1]["model"] if rounds else r["model"], **common})
-        if history is None or not r["text"]:
-            continue
-        if answer == r["text"]:  # nothing was revised: no preference to learn from
-            stats["unchanged"] += 1
-            continue
+        sft.append({"messages": r["messages"] + [{"role": "assistant", "content": answer}], "source": "revision",
+                    "principles": principles, "model": used[-1]["model"], **common})
         prefs.append({
             "prompt": r["messages"], "chosen": [{"role": "assistant", "content": answer}],
             "rejected": [{"role": "assistant", "content": r["text"]}], "source": "ai", "pair_type": "revision",
-            "rounds": len(used), "critique": used[-1]["critique"], "policy_model": r["model"], "critic_model": used[-1]["model"],
-            "response_key": r["key"], "revision_key": used[-1]["key"], **common,
+            "principles": principles, "rounds": len(used), "critique": used[-1]["critique"], "policy_model": r["model"],
+            "critic_model": used[-1]["model"], "response_key": r["key"], "revision_key": used[-1]["key"], **common,
         })
     return sft, prefs, stats
 

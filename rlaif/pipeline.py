@@ -17,6 +17,7 @@ from .export import PREF_FEATURES, SFT_FEATURES, sl_cai_rows, write_dataset
 from .inputs import Prompt, load_prompts
 from .models import ModelPool, check_model
 from .progress import Reporter
+from .quality import revision_problem
 from .stages.common import StageContext
 from .stages.critique import critique
 from .stages.respond import respond
@@ -69,6 +70,19 @@ def plan(pipeline: Pipeline) -> Plan:
         check_model(cfg.model, *pipeline.where(f"models.{role}.model"))
     run_dir = Path(pipeline.output or Path("outputs") / pipeline.name)
     return Plan(pipeline, constitution, templates, prompts, run_dir)
+
+
+def revision_checker(p: Plan):
+    """Why a revision is unusable: empty or unchanged always; echoes and copies when drop_degenerate is on."""
+    examples = [t for ex in p.constitution.few_shot for t in (ex.response, ex.revision, ex.critique)]
+
+    def problem(rnd: dict, previous: str) -> str | None:
+        if not p.pipeline.drop_degenerate:
+            return "empty" if not rnd["revision"] else "unchanged" if rnd["revision"] == previous else None
+        principle = p.constitution.principle(rnd["principle"])
+        return revision_problem(rnd["revision"], previous, [principle.critique, principle.revision], examples)
+
+    return problem
 
 
 def _versions() -> dict:
@@ -133,7 +147,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     finally:
         pool.close()
     meta = {"constitution_sha256": p.constitution.sha256, "seed": pipeline.seed}
-    sft, prefs, stats = sl_cai_rows(responses, history, meta)
+    sft, prefs, stats = sl_cai_rows(responses, history, meta, revision_checker(p))
     write_dataset(sft, SFT_FEATURES, run_dir, "sft")
     write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
     info.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(time.perf_counter() - t0, 1),

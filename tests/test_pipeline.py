@@ -47,7 +47,7 @@ def test_sft_and_prefs_rows(workdir, tiny_chat_model):
     for row in prefs:
         assert row["prompt"][-1]["role"] == "user"
         assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
-        assert row["chosen"] != row["rejected"] and row["rounds"] == 2 and len(row["principles"]) == 2
+        assert row["chosen"] != row["rejected"] and 1 <= row["rounds"] == len(row["principles"]) <= 2
         assert row["source"] == "ai" and row["pair_type"] == "revision" and row["response_key"]
 
 

