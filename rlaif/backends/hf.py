@@ -25,6 +25,9 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype]).to(device).eval()
         self.has_chat_template = bool(self.tokenizer.chat_template)
+        # generate stops at any of the generation config's EOS ids (chat models list end-of-turn there too)
+        eos = self.model.generation_config.eos_token_id
+        self._eos_ids = {self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
 
     def _text(self, request: Request) -> str:
         if request.messages is None:
@@ -83,9 +86,9 @@ class HFGenerator:
             outputs = []
             for row in generated[b * s.n : (b + 1) * s.n]:
                 ids = row.tolist()
-                eos = self.tokenizer.eos_token_id
-                ended = eos in ids
-                ids = ids[: ids.index(eos)] if ended else ids
+                end = next((k for k, t in enumerate(ids) if t in self._eos_ids), None)
+                ended = end is not None
+                ids = ids[:end] if ended else ids
                 while ids and ids[-1] == self.tokenizer.pad_token_id:
                     ids.pop()
                 text, stopped = truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), s.stop)

@@ -1,0 +1,27 @@
+"""The quickstart pipeline for real: embedded model, vLLM backend, a couple of prompts (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import datasets
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_on_vllm(workdir):
+    out = workdir / "outputs" / "qs"
+    cmd = [sys.executable, "-m", "rlaif", "run", "pipelines/quickstart.yaml", "--limit", "3", "--output", str(out),
+           "--set", "stages.respond.max_tokens=32", "--set", "stages.critique.max_tokens=32", "--set", "drop_degenerate=false"]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "run directory:" in proc.stdout
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and info["counts"]["responses"] == 6 and info["counts"]["critique_rounds"] == 6
+    assert info["models"]["policy"].startswith("gemma-3-270m")
+    sft = datasets.load_from_disk(str(out / "sft"))
+    assert len(sft) > 0 and all(row["messages"][-1]["content"] for row in sft)
+    assert "tok/s" in proc.stderr  # the progress bars report throughput
