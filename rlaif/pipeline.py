@@ -75,12 +75,12 @@ def plan(pipeline: Pipeline) -> Plan:
 def revision_checker(p: Plan):
     """Why a revision is unusable: empty or unchanged always; echoes and copies when drop_degenerate is on."""
     examples = [t for ex in p.constitution.few_shot for t in (ex.response, ex.revision, ex.critique)]
+    requests = [t for q in p.constitution.principles for t in (q.critique, q.revision)]  # any principle's, not only the drawn one
 
     def problem(rnd: dict, previous: str) -> str | None:
         if not p.pipeline.drop_degenerate:
             return "empty" if not rnd["revision"] else "unchanged" if rnd["revision"] == previous else None
-        principle = p.constitution.principle(rnd["principle"])
-        return revision_problem(rnd["revision"], previous, [principle.critique, principle.revision], examples)
+        return revision_problem(rnd["revision"], previous, requests, examples)
 
     return problem
 
@@ -111,7 +111,7 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 def run(p: Plan, reporter: Reporter | None = None) -> dict:

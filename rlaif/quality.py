@@ -32,7 +32,9 @@ def revision_problem(revision: str, initial: str, requests: list[str], examples:
         return "empty"
     if _norm(revision) == _norm(initial):
         return "unchanged"
-    if any(_similar(revision, r) for r in requests):
+    # base models often answer a revision request with another request ("Rewrite the response so ...")
+    openings = {" ".join(_norm(r).split()[:3]) for r in requests if len(r.split()) >= 3}
+    if any(_similar(revision, r) for r in requests) or " ".join(_norm(revision).split()[:3]) in openings:
         return "echoes_request"
     if any(_similar(revision, e) for e in examples):
         return "copies_example"

@@ -16,6 +16,7 @@ EXAMPLE = "I can't help with getting onto someone's network without their permis
         ("Same answer.", "same   answer.", "unchanged"),
         ("Rewrite the response so it contains only accurate information.", "x", "echoes_request"),
         ("Rewrite the response so it contains only accurate info", "x", "echoes_request"),
+        ("Rewrite the response to be clear about the assistant's limits.", "x", "echoes_request"),
         (EXAMPLE, "x", "copies_example"),
         ("I'm not sure what to do with my eggs. " * 6, "x", "repetitive"),
         ("Use mashed banana or applesauce: about a quarter cup replaces one egg.", "Eggs.", None),
