@@ -19,6 +19,9 @@ class Group(click.Group):
         except UserError as e:
             click.echo(str(e), err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished records are saved; run the same command again to resume", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=Group)

@@ -77,3 +77,16 @@ def write_pipeline(path: Path, model: Path | str, **extra) -> Path:
         text += f"{key}: {value}\n"
     path.write_text(text)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped, never failed, where there is no CUDA device (as in CI)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in gpu_items:
+            item.add_marker(skip)

@@ -37,7 +37,7 @@ class Output:
 
     text: str
     tokens: int
-    finish_reason: str = "stop"  # "stop" (EOS or stop string) or "length"
+    finish_reason: str = "stop"  # "stop" (EOS or stop string), "length", or "prompt_too_long" (nothing generated)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,11 @@ def _completion(out) -> Completion:
     return Completion(outputs=outputs, prompt_tokens=len(out.prompt_token_ids))
 
 
+def _too_long(request: Request, prompt_tokens: int) -> Completion:
+    empty = Output(text="", tokens=0, finish_reason="prompt_too_long")
+    return Completion(outputs=(empty,) * request.sampling.n, prompt_tokens=prompt_tokens)
+
+
 class VLLMGenerator:
     """Batched sampling with vLLM's continuous batching; the whole request list goes in at once."""
 
@@ -106,7 +111,7 @@ class VLLMGenerator:
 
     def _prompt(self, request: Request):
         if request.messages is None:
-            return request.prompt  # vLLM tokenizes it, adding BOS
+            return {"prompt_token_ids": self.tokenizer(request.prompt)["input_ids"]}  # adds BOS, as vLLM would
         text = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
         # chat templates already spell out BOS; tokenizing with special tokens would double it
         bos = self.tokenizer.bos_token
@@ -126,8 +131,18 @@ class VLLMGenerator:
         if not requests:
             return []
         engine = self.llm.llm_engine
+        limit = self.llm.llm_engine.model_config.max_model_len
+        prompts = [self._prompt(r) for r in requests]
+        # vLLM rejects the whole batch if one prompt is too long; answer that one with an empty output instead
+        fits = [i for i, p in enumerate(prompts) if len(p["prompt_token_ids"]) < limit]
+        if len(fits) < len(requests):
+            done = self.generate([requests[i] for i in fits], progress) if fits else []
+            result = [_too_long(r, len(p["prompt_token_ids"])) for r, p in zip(requests, prompts)]
+            for i, completion in zip(fits, done):
+                result[i] = completion
+            return result
         # enqueue + step is what LLM.generate does inside; stepping here lets us report finished requests
-        prompts, params = [self._prompt(r) for r in requests], [self._params(r.sampling) for r in requests]
+        params = [self._params(r.sampling) for r in requests]
         internal_ids = self.llm.enqueue(prompts, params, use_tqdm=False)
         finished: dict[str, Completion] = {}  # by external request id: consecutive integers, like LLM.generate's
         try:

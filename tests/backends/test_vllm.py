@@ -86,3 +86,13 @@ def test_long_distinct_seeded_prompts(engine):
                 for i in range(12)]
     out = engine.generate(requests)
     assert len(out) == 12 and all(c.prompt_tokens > 800 and c.outputs[0].tokens > 0 for c in out)
+
+
+def test_prompt_longer_than_the_context_gets_an_empty_output(engine):
+    limit = engine.llm.llm_engine.model_config.max_model_len
+    too_long = Request(prompt="word " * (limit + 10), sampling=Sampling(n=2, max_tokens=4, seed=0))
+    fine = Request(prompt="Hello", sampling=Sampling(max_tokens=4, seed=0))
+    out = engine.generate([fine, too_long, fine])
+    assert [c.outputs[0].finish_reason for c in out][1] == "prompt_too_long"
+    assert out[1].outputs == (out[1].outputs[0],) * 2 and out[1].outputs[0].text == "" and out[1].prompt_tokens > limit
+    assert out[0].outputs[0].tokens > 0 and out[2].outputs[0].tokens > 0
