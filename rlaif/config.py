@@ -20,13 +20,18 @@ class ModelConfig:
     """One model role: which weights, on which backend, with which engine settings."""
 
     model: str = "default"  # "default" (the embedded Gemma 3 270M), a local HF directory, or a hub id
-    backend: Literal["vllm", "hf"] = "vllm"
+    backend: Literal["vllm", "hf", "openai"] = "vllm"
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "bfloat16"
     prompt_format: Literal["auto", "chat", "completion"] = "auto"  # auto: chat if the tokenizer has a template
     max_model_len: int = 4096  # vllm: longest prompt + completion
     kv_cache_gb: float = 2.0  # vllm on CPU: KV-cache size; the default would reserve most of the RAM
     enforce_eager: bool | None = None  # vllm: None keeps the backend's measured default
     batch_size: int = 16  # hf: sequences per `generate` call
+    base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # openai: NAME of the environment variable holding the key (never the key)
+    max_concurrency: int = 8  # openai: requests in flight at once
+    request_timeout: float = 60.0  # openai: seconds per request before it is retried
+    max_retries: int = 5  # openai: retries on 429, 5xx, timeouts and malformed replies (exponential backoff)
 
 
 @dataclass(frozen=True)
