@@ -40,6 +40,7 @@ class Models:
 
     policy: ModelConfig = field(default_factory=ModelConfig)
     critic: ModelConfig | None = None  # None: same model (and same engine) as the policy
+    judge: ModelConfig | None = None  # compares and scores; None: the policy's model and engine
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,39 @@ class CritiqueConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """Stage `judge` (RL-CAI): soft preference labels P(a > b) from an AI judge, per principle."""
+
+    pairs: Literal["all", "one", "none"] = "all"  # sampled-response pairs per prompt: every pair, one seeded pair, or none
+    revisions: bool = True  # also judge (initial response, final revision) pairs from the critique stage
+    principles_per_comparison: int = 1  # principle ensembling: average the label over k drawn principles
+    principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all
+    both_orders: bool = True  # score (a, b) and (b, a) and average: cancels position bias
+    method: Literal["auto", "logprobs", "parse"] = "auto"  # auto: option log-probabilities, else parse a verdict
+    chain_of_thought: bool = False  # let the judge reason first, then read the option probabilities
+    cot_clamp: tuple[float, ...] | None = (0.4, 0.6)  # CoT probabilities sit near 0 or 1; None: no clamp
+    cot_max_tokens: int = 160
+    max_tokens: int = 8  # parse method: length of the generated verdict
+    min_margin: float = 0.0  # pairs: drop pairs with |2 * label - 1| below this
+    drop_inconsistent: bool = False  # pairs: drop pairs whose two orders disagree on the winner
+    drop_ties: bool = True  # pairs: drop pairs whose label is exactly 0.5 (or missing)
+
+    def __post_init__(self):
+        _positive(principles_per_comparison=self.principles_per_comparison, cot_max_tokens=self.cot_max_tokens,
+                  max_tokens=self.max_tokens)
+        if self.cot_clamp is not None and not (len(self.cot_clamp) == 2 and 0 <= self.cot_clamp[0] <= self.cot_clamp[1] <= 1):
+            raise ValueError(f"cot_clamp must be [low, high] with 0 <= low <= high <= 1, got {list(self.cot_clamp)}")
+        if not 0 <= self.min_margin <= 1:
+            raise ValueError(f"min_margin must be within [0, 1], got {self.min_margin}")
+
+
+@dataclass(frozen=True)
 class Stages:
     """Which stages run; a stage runs when its key is present (`respond: {}` takes the defaults)."""
 
     respond: RespondConfig | None = None
     critique: CritiqueConfig | None = None
+    judge: JudgeConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +146,11 @@ class Pipeline:
     def critic(self) -> ModelConfig:
         """The critic's model settings (the policy's unless set)."""
         return self.models.critic or self.models.policy
+
+    @property
+    def judge(self) -> ModelConfig:
+        """The judge's model settings (the policy's unless set)."""
+        return self.models.judge or self.models.policy
 
 
 def _positive(**values):

@@ -23,11 +23,12 @@ class Principle:
     comparison: str | None = None  # the question the pairwise judge answers
     weight: float = 1.0  # relative chance of being drawn for a critique round
     tags: tuple[str, ...] = ()
+    line: int | None = dataclasses.field(default=None, compare=False, metadata={"yaml": False})  # for errors
 
     @property
     def sha256(self) -> str:
         """Hash of the principle's content: records that used it are redone when it changes."""
-        return _digest(dataclasses.asdict(self))
+        return _digest({k: v for k, v in dataclasses.asdict(self).items() if k != "line"})
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class Constitution:
     @property
     def sha256(self) -> str:
         """Hash of the content (not the file's formatting)."""
-        return _digest({k: v for k, v in dataclasses.asdict(self).items() if k != "path"})
+        return _digest({"name": self.name, "description": self.description, "few_shot": [dataclasses.asdict(f) for f in self.few_shot],
+                        "principles": [p.sha256 for p in self.principles]})
 
     def principle(self, name: str) -> Principle:
         """The principle called `name`."""
@@ -85,7 +87,9 @@ def load_constitution(path: str | Path) -> Constitution:
     _check(data, builder)
     if builder.errors:
         raise UserErrors(builder.errors) if len(builder.errors) > 1 else builder.errors[0]
-    return dataclasses.replace(constitution, path=path)
+    lines = data["principles"].item_lines
+    principles = tuple(dataclasses.replace(p, line=line) for p, line in zip(constitution.principles, lines))
+    return dataclasses.replace(constitution, path=path, principles=principles)
 
 
 def _check(data, b: Builder) -> None:

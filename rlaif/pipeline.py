@@ -13,20 +13,22 @@ from . import __version__
 from .config import Pipeline
 from .constitution import Constitution, load_constitution
 from .errors import UserError
-from .export import PREF_FEATURES, SFT_FEATURES, sl_cai_rows, write_dataset
+from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, sl_cai_rows, write_dataset
+from .judge_stats import judge_stats, print_judge_stats
 from .inputs import Prompt, load_prompts
 from .models import ModelPool, check_model
 from .progress import Reporter
 from .quality import revision_problem
 from .stages.common import StageContext
 from .stages.critique import critique
+from .stages.judge import build_comparisons, judge
 from .stages.respond import respond
 from .store import Store
 from .templates import Templates
 
 ALL_TEMPLATES = (
     "completion/respond.j2", "completion/critique.j2", "completion/revise.j2",
-    "chat/critique_request.j2", "chat/revision_request.j2",
+    "chat/critique_request.j2", "chat/revision_request.j2", "completion/judge.j2", "chat/judge.j2",
 )
 
 
@@ -47,9 +49,10 @@ def dry_render(templates: Templates, constitution: Constitution) -> None:
     few_shot = [{"prompt": "p", "response": "r", "critique": "c", "revision": "v",
                  "critique_request": principle.critique, "revision_request": principle.revision}]
     sample = {"messages": [{"role": "user", "content": "<prompt>"}], "response": "<response>", "critique": "<critique>",
-              "principle": principle, "few_shot": few_shot}
+              "principle": principle, "few_shot": few_shot, "response_a": "<a>", "response_b": "<b>"}
     for name in ALL_TEMPLATES:
-        templates.render(name, **sample)
+        for cot, reasoning in ((False, None), (True, None), (True, "<reasoning>")):  # every branch of the judge templates
+            templates.render(name, **sample, chain_of_thought=cot, reasoning=reasoning)
 
 
 def plan(pipeline: Pipeline) -> Plan:
@@ -62,12 +65,14 @@ def plan(pipeline: Pipeline) -> Plan:
             if name not in {p.name for p in constitution.principles}:
                 raise UserError(f"stages.critique.principles: no principle named {name!r} in {constitution.path}",
                                 *pipeline.where("stages.critique.principles"))
+    if pipeline.stages.judge:
+        _check_judge(pipeline, constitution)
     templates = Templates(pipeline.templates)
     dry_render(templates, constitution)
     prompts = load_prompts(pipeline.prompts, pipeline.limit)
-    roles = [("policy", pipeline.models.policy)] + ([("critic", pipeline.models.critic)] if pipeline.models.critic else [])
+    roles = [(role, cfg) for role, cfg in vars(pipeline.models).items() if cfg is not None]
     for role, cfg in roles:
-        check_model(cfg.model, *pipeline.where(f"models.{role}.model"))
+        check_model(cfg, pipeline, f"models.{role}")
     run_dir = Path(pipeline.output or Path("outputs") / pipeline.name)
     return Plan(pipeline, constitution, templates, prompts, run_dir)
 
@@ -83,6 +88,26 @@ def revision_checker(p: Plan):
         return revision_problem(rnd["revision"], previous, requests, examples)
 
     return problem
+
+
+def _check_judge(pipeline: Pipeline, constitution: Constitution) -> None:
+    """The judge needs pairs to compare and a comparison question for every principle it may draw."""
+    cfg, respond = pipeline.stages.judge, pipeline.stages.respond
+    if cfg.pairs != "none" and respond.n < 2:
+        file, line = pipeline.where("stages.respond.n")
+        raise UserError(f"stages.judge compares sampled responses, so stages.respond.n must be >= 2 (it is {respond.n}); "
+                        "or set stages.judge.pairs: none to judge only (initial, revision) pairs",
+                        file, line or pipeline.where("stages.judge")[1])
+    if cfg.pairs == "none" and not (cfg.revisions and pipeline.stages.critique):
+        raise UserError("stages.judge has nothing to compare: pairs is none and there are no (initial, revision) pairs "
+                        "(needs a critique stage and revisions: true)", *pipeline.where("stages.judge"))
+    for name in cfg.principles:
+        if name not in {p.name for p in constitution.principles}:
+            raise UserError(f"stages.judge.principles: no principle named {name!r} in {constitution.path}",
+                            *pipeline.where("stages.judge.principles"))
+    for p in constitution.principles:
+        if (not cfg.principles or p.name in cfg.principles) and not p.comparison:
+            raise UserError(f"principle {p.name!r} has no `comparison` question, which stage judge needs", constitution.path, p.line)
 
 
 def _versions() -> dict:
@@ -101,6 +126,20 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def run_judge(ctx, judge_model, p: Plan, responses: list[dict], revision_pairs: list[dict], meta: dict, reporter) -> tuple[list, dict]:
+    """Judge sampled pairs and (initial, revision) pairs; write judge_stats.json; return the judged rows."""
+    cfg = p.pipeline.stages.judge
+    finals = {row["response_key"]: (row["revision_key"], row["chosen"][0]["content"]) for row in revision_pairs}
+    comparisons = build_comparisons(responses, finals, cfg, p.pipeline.seed)
+    records = judge(ctx, judge_model, comparisons, cfg, p.pipeline.judge.prompt_format)
+    lengths = {c.a.key: len(c.a.text) for c in comparisons} | {c.b.key: len(c.b.text) for c in comparisons}
+    stats = judge_stats(records, lengths)
+    _write_json(p.run_dir / "judge_stats.json", stats)
+    print_judge_stats(reporter.console, stats)
+    rows, pair_stats = judged_rows(comparisons, records, cfg, meta | {"judge_model": judge_model.model_id})
+    return rows, pair_stats | {"overall": stats["overall"]}
 
 
 def _quiet_libraries() -> None:
@@ -144,17 +183,22 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
                 critic = pool.get(pipeline.critic)
                 info["models"]["critic"] = critic.model_id
                 history = critique(ctx, critic, responses, stages.critique, pipeline.critic.prompt_format)
+            meta = {"constitution_sha256": p.constitution.sha256, "seed": pipeline.seed, **{f"{k}_model": v for k, v in info["models"].items()}}
+            sft, prefs, stats = sl_cai_rows(responses, history, meta, revision_checker(p))
+            if stages.judge:
+                judge_model = pool.get(pipeline.judge)
+                info["models"]["judge"] = judge_model.model_id
+                prefs, judge_info = run_judge(ctx, judge_model, p, responses, prefs, meta, reporter)
+                stats["judge"] = judge_info
     finally:
         pool.close()
-    meta = {"constitution_sha256": p.constitution.sha256, "seed": pipeline.seed}
-    sft, prefs, stats = sl_cai_rows(responses, history, meta, revision_checker(p))
     write_dataset(sft, SFT_FEATURES, run_dir, "sft")
     write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
     info.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(time.perf_counter() - t0, 1),
                 counts={"prompts": len(p.prompts), "responses": len(responses),
                         "critique_rounds": sum(len(h) for h in (history or {}).values()),
                         "sft_rows": len(sft), "pref_rows": len(prefs), **stats,
-                        "records": {"respond": store.count("respond"), "critique": store.count("critique")}})
+                        "records": {s: store.count(s) for s in ("respond", "critique", "judge")}})
     _write_json(run_dir / "run.json", info)
     store.close()
     return info

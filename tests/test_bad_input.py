@@ -201,3 +201,60 @@ def test_templates_directory_missing(workdir):
     code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", templates="no-such-dir"))
     assert code == 2
     assert_one_line(err, r"no-such-dir: templates directory not found")
+
+
+def test_judge_with_one_sample(workdir):
+    stages = "stages:\n  respond: {n: 1}\n  judge: {}\n"
+    code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", stages=stages))
+    assert code == 2
+    assert_one_line(err, r"p\.yaml:9: stages\.judge compares sampled responses, so stages\.respond\.n must be >= 2 \(it is 1\)")
+
+
+def test_judge_without_anything_to_compare(workdir):
+    stages = "stages:\n  respond: {n: 1}\n  judge: {pairs: none}\n"
+    code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", stages=stages))
+    assert code == 2
+    assert_one_line(err, r"p\.yaml:10: stages\.judge has nothing to compare")
+
+
+def test_judge_principle_without_comparison(workdir):
+    path = constitution(workdir, "name: x\nprinciples:\n" + GOOD_PRINCIPLE + "  - name: b\n    critique: c\n    revision: r\n")
+    stages = "stages:\n  respond: {n: 2}\n  judge: {}\n"
+    code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", constitution=path, stages=stages))
+    assert code == 2
+    assert_one_line(err, r"c\.yaml:7: principle 'b' has no `comparison` question, which stage judge needs")
+    # restricted to principles that have one, the same constitution is fine up to the model load
+    stages = "stages:\n  respond: {n: 2}\n  judge: {principles: [a]}\n"
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        CliRunner().invoke(main, ["run", str(write_pipeline(workdir / "p.yaml", "default", constitution=path, stages=stages))],
+                           catch_exceptions=False)
+
+
+@pytest.mark.parametrize("bad, pattern", [("{cot_clamp: [0.7, 0.2]}", r"cot_clamp must be"),
+                                          ("{min_margin: 2}", r"min_margin must be within"),
+                                          ("{pairs: some}", r"must be one of 'all', 'one', 'none', got 'some'")])
+def test_bad_judge_settings(workdir, bad, pattern):
+    stages = f"stages:\n  respond: {{n: 2}}\n  judge: {bad}\n"
+    code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", stages=stages))
+    assert code == 2
+    assert_one_line(err, r"p\.yaml:10: stages\.judge(\.pairs)?: " + pattern)
+
+
+def test_openai_api_key_variable_missing(workdir, monkeypatch):
+    monkeypatch.delenv("RLAIF_TEST_NO_SUCH_KEY", raising=False)
+    (workdir / "p.yaml").write_text(
+        "name: t\nconstitution: constitutions/harmless.yaml\nprompts: data/prompts.jsonl\n"
+        "models:\n  policy:\n    backend: openai\n    model: m\n    base_url: http://127.0.0.1:9/v1\n"
+        "    api_key_env: RLAIF_TEST_NO_SUCH_KEY\nstages:\n  respond: {}\n")
+    code, err = run_cli("run", workdir / "p.yaml")
+    assert code == 2
+    assert_one_line(err, r"p\.yaml:9: models\.policy\.api_key_env: the environment variable RLAIF_TEST_NO_SUCH_KEY is not set")
+
+
+def test_openai_without_base_url(workdir):
+    (workdir / "p.yaml").write_text(
+        "name: t\nconstitution: constitutions/harmless.yaml\nprompts: data/prompts.jsonl\n"
+        "models:\n  policy: {backend: openai, model: m}\nstages:\n  respond: {}\n")
+    code, err = run_cli("run", workdir / "p.yaml")
+    assert code == 2
+    assert_one_line(err, r"p\.yaml:5: models\.policy: the openai backend needs base_url")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import pytest
 from click.testing import CliRunner
 
 from rlaif.cli import main
@@ -70,3 +71,18 @@ def test_dpo_trains_on_exported_prefs(workdir, tiny_chat_model, tmp_path):
     loss = trainer.state.log_history[0]["loss"]
     assert torch.isfinite(torch.tensor(loss))
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("model", ["tiny_base_model", "tiny_chat_model"])
+def test_judge_with_real_logprobs(workdir, model, request):
+    """A real (tiny) model through the hf backend: labels are probabilities read from its option tokens."""
+    stages = "stages:\n  respond: {n: 2, max_tokens: 8}\n  critique: {rounds: 1, max_tokens: 8}\n  judge: {principles_per_comparison: 2}\n"
+    pipe = write_pipeline(workdir / "p.yaml", request.getfixturevalue(model), stages=stages, limit=3, few_shot=1, drop_degenerate="false")
+    assert _run("run", pipe).exit_code == 0
+    run_dir = workdir / "outputs" / "test"
+    stats = json.loads((run_dir / "judge_stats.json").read_text())["overall"]
+    assert stats["parse_failure_rate"] == 0.0 and stats["judgements"] == 2 * stats["comparisons"] > 0
+    prefs = datasets.load_from_disk(str(run_dir / "prefs"))
+    kinds = set(prefs["pair_type"])
+    assert kinds <= {"samples", "revision"} and len(prefs) > 0
+    assert all(0.5 <= p <= 1 for p in prefs["p_chosen"]) and all(m == pytest.approx(2 * p - 1) for p, m in zip(prefs["p_chosen"], prefs["margin"]))

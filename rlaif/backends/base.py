@@ -75,3 +75,7 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut `text` at the earliest stop string; return the text and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class LogprobsUnavailable(Exception):
+    """The backend (e.g. an HTTP server) returns no log-probabilities; callers fall back to parsing text."""

@@ -1,0 +1,247 @@
+"""OpenAI-compatible backend: any server with /v1/completions and /v1/chat/completions (vllm serve, SGLang, TGI, hosted APIs).
+
+Retries: the openai client retries 429/5xx/timeouts itself, but with a fixed 0.5 s base delay and never on a
+malformed reply. So the client runs with max_retries=0 and one loop here covers every fault (429, 408/409,
+5xx, timeouts, dropped connections, bad JSON, missing fields) with exponential backoff, jitter, Retry-After,
+and one budget of `max_retries` per request. Other 4xx (bad request, bad key, unknown model) fail at once.
+
+Concurrency: a thread pool of `max_concurrency` around the sync client. `generate` is a sync API, and an event
+loop inside it would clash with callers that already run one (notebooks); the client's connection pool is
+thread-safe, and a few dozen threads cost nothing next to a network round trip. The caller's thread collects
+the results, so `progress` is never called from two threads at once.
+
+The API key lives only inside the client; error messages are scrubbed of it in case a server echoes it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import openai
+
+from ..errors import UserError
+from .base import Completion, LogprobsUnavailable, Output, ProgressFn, Request
+
+RETRY_STATUS = (408, 409, 429)  # and every 5xx: what the openai client itself would retry
+MAX_DELAY = 30.0  # longest single wait between attempts, Retry-After included
+TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
+
+
+class ServerError(UserError):
+    """A request failed for good: retries ran out, or the server refused it (bad key, unknown model)."""
+
+
+class _Malformed(Exception):
+    """A reply that is not what the API promises; retried like a 5xx."""
+
+
+class _Cancelled(Exception):
+    """Another request of the batch failed for good; stop retrying this one."""
+
+
+class _TooLong(Exception):
+    """The server refused the prompt as longer than the model's context."""
+
+
+class OpenAIGenerator:
+    """Requests to an OpenAI-compatible server, at most `max_concurrency` in flight, each retried on its own."""
+
+    has_chat_template = True  # chat requests go to /chat/completions, where the server applies its own template
+
+    def __init__(self, model: str, base_url: str, api_key: str | None = None, max_concurrency: int = 8,
+                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.model_id = f"{model} @ {self.base_url}"
+        self.max_concurrency, self.max_retries, self.backoff, self.timeout = max_concurrency, max_retries, backoff, timeout
+        self.client = _client(self.base_url, api_key, timeout)
+
+    def __repr__(self) -> str:
+        return f"OpenAIGenerator({self.model_id!r})"
+
+    def generate(self, requests: list[Request], progress: ProgressFn | None = None) -> list[Completion]:
+        """Complete every request, `max_concurrency` at a time; results in request order."""
+
+        def one(request: Request, stop: threading.Event) -> Completion:
+            s = request.sampling
+            body = {"n": s.n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+            if s.stop:
+                body["stop"] = list(s.stop)
+            if s.seed is not None:
+                body["seed"] = s.seed
+            try:
+                return self._call(request, body, lambda reply: _completion(reply, s.n, request.messages is not None), stop)
+            except _TooLong:  # as the vllm backend does: one long prompt must not sink the batch
+                return Completion(outputs=(Output(text="", tokens=0, finish_reason="prompt_too_long"),) * s.n, prompt_tokens=0)
+
+        def report(result: Completion) -> None:
+            if progress:
+                progress(1, sum(o.tokens for o in result.outputs))
+
+        return self._map(one, requests, report)
+
+    def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
+        """Log-probability of each option as the next token, from the server's top-20 (-inf when not among them)."""
+
+        def one(request: Request, stop: threading.Event) -> dict[str, float]:
+            body = {"max_tokens": 1, "temperature": 0.0}
+            body.update({"logprobs": True, "top_logprobs": TOP_LOGPROBS} if request.messages else {"logprobs": TOP_LOGPROBS})
+            top = self._call(request, body, lambda reply: _top_logprobs(reply, request.messages is not None), stop)
+            return _option_logprobs(top, options)
+
+        return self._map(one, requests, lambda result: None)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    def _map(self, fn, items: list, report) -> list:
+        # one pool per call: nothing lingers between calls, and a failure cancels only this call's requests
+        results: list = [None] * len(items)
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(items))))
+        try:
+            pending = {pool.submit(fn, item, stop): i for i, item in enumerate(items)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[pending.pop(future)] = result = future.result()  # re-raises a request's final error
+                    report(result)
+        finally:
+            stop.set()  # on error or Ctrl-C: running requests give up at their next retry
+            pool.shutdown(wait=False, cancel_futures=True)
+        return results
+
+    def _call(self, request: Request, body: dict, parse, stop: threading.Event):
+        """Send one request, retrying transient faults; `parse` turns the reply into a result or raises _Malformed."""
+        chat = request.messages is not None
+        endpoint = self.client.chat.completions if chat else self.client.completions
+        body = {"model": self.model, **body, **({"messages": list(request.messages)} if chat else {"prompt": request.prompt})}
+        where = f"{self.base_url}/{'chat/completions' if chat else 'completions'}"
+        for attempt in range(self.max_retries + 1):
+            if stop.is_set():
+                raise _Cancelled
+            delay = None
+            try:
+                reply = endpoint.create(**body)
+                try:
+                    return parse(reply)
+                except (AttributeError, TypeError, IndexError, KeyError) as e:  # whatever the parser trips on
+                    raise _Malformed(f"{type(e).__name__}: {e}") from None
+            except openai.APIStatusError as e:
+                message = _server_message(e)
+                if e.status_code not in RETRY_STATUS and e.status_code < 500:
+                    if e.status_code == 400 and ("maximum context length" in message or "context_length_exceeded" in message):
+                        raise _TooLong from None
+                    raise self._error(f"{where} refused the request: HTTP {e.status_code}: {message}") from None
+                error, delay = f"HTTP {e.status_code}: {message}", _retry_after(e.response.headers)
+            except openai.APITimeoutError:
+                error = f"no reply within {self.timeout:g} s"
+            except openai.APIConnectionError as e:
+                error = f"connection failed ({_reason(e)})"
+            except (ValueError, openai.APIResponseValidationError, _Malformed) as e:  # JSONDecodeError is a ValueError
+                error = f"malformed reply ({e})"
+            if attempt < self.max_retries:
+                # jitter, so the workers one 429 turned away do not all come back at the same instant
+                delay = delay if delay is not None else self.backoff * 2**attempt * random.uniform(0.5, 1.0)
+                if stop.wait(min(delay, MAX_DELAY)):
+                    raise _Cancelled
+        raise self._error(f"{where} failed {self.max_retries + 1} times; last: {error}. "
+                          "Is the server up and not overloaded? Lower max_concurrency or raise max_retries")
+
+    def _error(self, message: str) -> ServerError:
+        key = self.client.api_key
+        return ServerError(message.replace(key, "***") if key and key != "EMPTY" else message)
+
+
+def _client(base_url: str, api_key: str | None, timeout: float) -> openai.OpenAI:
+    # without a key the client would fall back to $OPENAI_API_KEY and send it to this server; vLLM's placeholder instead
+    return openai.OpenAI(api_key=api_key or "EMPTY", base_url=base_url, timeout=timeout, max_retries=0)
+
+
+def _completion(reply, n: int, chat: bool) -> Completion:
+    """Outputs of one /completions or /chat/completions reply; usage's token total is split across the n choices."""
+    choices = sorted(reply.choices or [], key=lambda c: c.index or 0)
+    if len(choices) != n:
+        raise _Malformed(f"expected {n} choices, got {len(choices)}")
+    texts = [c.message.content if chat and c.message else getattr(c, "text", None) for c in choices]
+    if any(not isinstance(t, str) for t in texts):
+        raise _Malformed("a choice has no text")
+    usage = reply.usage  # optional: servers that omit it still work, their token counts are 0
+    total = (usage.completion_tokens or 0) if usage else 0
+    # the API reports one total for all n choices: share it out by text length, so the counts still sum to it
+    weights = [len(t) + 1 for t in texts]
+    bounds = [round(total * sum(weights[:i]) / sum(weights)) for i in range(n + 1)]
+    outputs = tuple(
+        Output(text=t, tokens=hi - lo, finish_reason="length" if c.finish_reason == "length" else "stop")
+        for t, c, lo, hi in zip(texts, choices, bounds, bounds[1:])
+    )
+    return Completion(outputs=outputs, prompt_tokens=(usage.prompt_tokens or 0) if usage else 0)
+
+
+def _top_logprobs(reply, chat: bool) -> list[tuple[str, float]]:
+    """The top tokens and their log-probabilities at the first generated position."""
+    if not reply.choices:
+        raise _Malformed("no choices")
+    lp = reply.choices[0].logprobs
+    if chat:
+        pairs = [(t.token, t.logprob) for t in lp.content[0].top_logprobs] if lp and lp.content else []
+    else:
+        pairs = list(lp.top_logprobs[0].items()) if lp and lp.top_logprobs and lp.top_logprobs[0] else []
+    if not pairs:
+        raise LogprobsUnavailable("the server returned no log-probabilities")
+    return pairs
+
+
+def _option_logprobs(pairs, options: list[str]) -> dict[str, float]:
+    # " A" and "A" are different tokens that both mean option A: compare without leading spaces, keep the best
+    result = {o: float("-inf") for o in options}
+    for token, logprob in pairs:
+        for o in options:
+            if token.lstrip() == o.lstrip() and logprob is not None:
+                result[o] = max(result[o], float(logprob))
+    return result
+
+
+def _server_message(e: openai.APIStatusError) -> str:
+    body = e.body.get("message", e.body) if isinstance(e.body, dict) else e.body
+    return " ".join(str(body or e.response.reason_phrase).split())[:300]
+
+
+def _retry_after(headers) -> float | None:
+    for name, scale in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            return max(0.0, float(headers.get(name)) / scale)
+        except (TypeError, ValueError):  # absent, or an HTTP date: fall back to our own backoff
+            continue
+    return None
+
+
+def _reason(e: Exception) -> str:
+    cause = e.__cause__ or e.__context__
+    text = str(cause) if cause else str(e)
+    return (text.split("] ", 1)[-1] if text.startswith("[Errno") else text).lower() or type(cause or e).__name__
+
+
+def check_server(base_url: str, api_key: str | None, timeout: float = 5.0) -> list[str]:
+    """The ids of the models a server serves (GET /models, once); ConnectionError with one plain sentence if it fails."""
+    base_url = base_url.rstrip("/")
+    client = _client(base_url, api_key, timeout)
+    try:
+        models = client.models.list().data
+        if not isinstance(models, list):
+            raise ConnectionError(f"{base_url}/models did not answer like an OpenAI-compatible server")
+        return [m.id for m in models]
+    except openai.APITimeoutError:
+        raise ConnectionError(f"cannot reach {base_url}: no answer within {timeout:g} s") from None
+    except openai.APIConnectionError as e:
+        raise ConnectionError(f"cannot reach {base_url}: {_reason(e)}") from None
+    except openai.APIStatusError as e:
+        hint = " (check the API key)" if e.status_code in (401, 403) else ""
+        raise ConnectionError(f"{base_url}/models answered HTTP {e.status_code}{hint}") from None
+    except (ValueError, AttributeError, openai.APIResponseValidationError):
+        raise ConnectionError(f"{base_url}/models did not answer like an OpenAI-compatible server") from None
+    finally:
+        client.close()

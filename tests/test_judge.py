@@ -1,0 +1,186 @@
+"""The judge: the method's arithmetic on hand-made numbers, verdict parsing, and the stage end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from rlaif import models
+from rlaif.backends.base import Completion, LogprobsUnavailable, Output
+from rlaif.cli import main
+from rlaif.constitution import load_constitution
+from rlaif.stages.judge import clamp, combine, draw_principles, normalise, parse_verdict
+
+from .conftest import write_pipeline
+
+
+@pytest.mark.parametrize(
+    "logprobs, expected",
+    [
+        ({"A": math.log(0.6), "B": math.log(0.2)}, 0.75),  # normalised over the options only
+        ({"A": -1.0, "B": -1.0}, 0.5),
+        ({"A": -float("inf"), "B": -3.0}, 0.0),
+        ({"A": -1000.0, "B": -1001.0}, 1 / (1 + math.exp(-1))),  # no underflow
+        ({"A": -float("inf"), "B": -float("inf")}, None),
+        ({}, None),
+    ],
+)
+def test_normalise(logprobs, expected):
+    assert normalise(logprobs) == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("A", 1.0), (" (B)", 0.0), ("B) because it is kinder", 0.0), ("The answer is: (A)", 1.0),
+        ("Option A is rude, so the answer is (B).", 0.0), ("the answer is b", 0.0),
+        ("", None), ("I cannot decide.", None), ("Both are fine", None), (None, None),
+    ],
+)
+def test_parse_verdict(text, expected):
+    assert parse_verdict(text) == expected
+
+
+def test_combine_both_orders():
+    # order 1: P(a) = 0.8; order 2 (b shown first): P(b) = 0.4, so P(a) = 0.6; label = 0.7, both say a
+    assert combine(0.8, 0.4) == (pytest.approx(0.7), True)
+    # a judge that always prefers the first option: 0.9 and 0.9 -> the orders disagree and the label is 0.5
+    assert combine(0.9, 0.9) == (pytest.approx(0.5), False)
+    assert combine(0.8, None) == (0.8, None) and combine(None, 0.3) == (pytest.approx(0.7), None)
+    assert combine(None, None) == (None, None)
+
+
+def test_clamp():
+    assert clamp(0.99, (0.4, 0.6)) == 0.6 and clamp(0.01, (0.4, 0.6)) == 0.4 and clamp(0.5, (0.4, 0.6)) == 0.5
+    assert clamp(None, (0.4, 0.6)) is None and clamp(0.99, None) == 0.99
+
+
+def test_draw_principles_distinct_and_seeded(workdir):
+    c = load_constitution(workdir / "constitutions" / "harmless.yaml")
+    drawn = draw_principles(c, 0, "cmp1", 3)
+    assert len({p.name for p in drawn}) == 3 and drawn == draw_principles(c, 0, "cmp1", 3)
+    assert len(draw_principles(c, 0, "x", 100)) == len(c.principles)
+
+
+class BiasedJudge:
+    """Prefers the longer answer by a fixed margin, plus a bias towards whatever is shown first."""
+
+    model_id = "biased-judge"
+    has_chat_template = False
+
+    def __init__(self, position_bias=0.0, logprobs_ok=True):
+        self.position_bias, self.logprobs_ok, self.calls = position_bias, logprobs_ok, {"logprobs": 0, "generate": 0}
+
+    def _options(self, prompt):
+        a = prompt.split("\n(A) ")[1].split("\n(B) ")[0]
+        b = prompt.split("\n(B) ")[1].split("\n")[0]
+        return a, b
+
+    def generate(self, requests, progress=None):
+        self.calls["generate"] += 1
+        out = []
+        for r in requests:
+            if "\n(A) " in (r.prompt or ""):
+                a, b = self._options(r.prompt)
+                texts = ["A" if len(a) > len(b) else "B"] * r.sampling.n
+            else:  # sampled responses of different lengths
+                texts = ["answer " + "x" * (3 * i + len(r.prompt) % 3) for i in range(r.sampling.n)]
+            out.append(Completion(tuple(Output(t, 1) for t in texts), 3))
+        return out
+
+    def logprobs(self, requests, options):
+        self.calls["logprobs"] += 1
+        if not self.logprobs_ok:
+            raise LogprobsUnavailable("no logprobs here")
+        out = []
+        for r in requests:
+            a, b = self._options(r.prompt)
+            pa = (0.8 if len(a) > len(b) else 0.2 if len(a) < len(b) else 0.5) + self.position_bias
+            pa = min(max(pa, 0.01), 0.99)
+            out.append({"A": math.log(pa), "B": math.log(1 - pa)})
+        return out
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_judge(monkeypatch):
+    holder = {"judge": BiasedJudge()}
+    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: holder["judge"])
+    return holder
+
+
+def _run(workdir, judge_yaml="{}", extra=()):
+    (workdir / "p.txt").write_text("one\ntwo\nthree\n")
+    stages = f"stages:\n  respond: {{n: 3}}\n  judge: {judge_yaml}\n"
+    pipe = write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages)
+    return CliRunner().invoke(main, ["run", str(pipe), *extra], catch_exceptions=False)
+
+
+def test_judge_stage_labels_pairs_and_stats(workdir, fake_judge):
+    fake_judge["judge"] = BiasedJudge(position_bias=0.1)
+    result = _run(workdir)
+    assert result.exit_code == 0, result.output
+    run_dir = workdir / "outputs" / "test"
+    prefs = [json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()]
+    assert prefs, "some pairs survive the filters"
+    for row in prefs:
+        assert len(row["chosen"][0]["content"]) > len(row["rejected"][0]["content"])  # the judge prefers longer answers
+        assert row["p_chosen"] == pytest.approx(0.8) and row["margin"] == pytest.approx(0.6)  # bias cancels out
+        assert row["orders_agree"] is True and row["pair_type"] == "samples" and row["judge_model"] == "biased-judge"
+    stats = json.loads((run_dir / "judge_stats.json").read_text())
+    overall = stats["overall"]
+    assert overall["position_consistency"] == 1.0 and overall["longer_chosen_rate"] == 1.0
+    assert overall["mean_p_first_position"] > 0.5  # the bias is visible before debiasing
+    assert set(stats["per_principle"]) <= {p.name for p in load_constitution(workdir / "constitutions" / "harmless.yaml").principles}
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["counts"]["records"]["judge"] == overall["judgements"] and info["models"]["judge"] == "biased-judge"
+
+
+def test_ensembling_single_order_and_filters(workdir, fake_judge):
+    fake_judge["judge"] = BiasedJudge(position_bias=0.45)  # strong enough to flip the weaker side in one order
+    result = _run(workdir, "{principles_per_comparison: 3, drop_inconsistent: true}")
+    assert result.exit_code == 0, result.output
+    run_dir = workdir / "outputs" / "test"
+    records = json.loads((run_dir / "judge_stats.json").read_text())["overall"]
+    assert records["judgements"] == 3 * records["comparisons"]
+    assert records["position_consistency"] < 1.0
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["counts"]["judge"]["dropped"]["inconsistent"] > 0
+    for row in (json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()):
+        assert len(row["principles"]) == 3 and row["orders_agree"] is True
+
+
+def test_parse_fallback_without_logprobs(workdir, fake_judge):
+    fake_judge["judge"] = BiasedJudge(logprobs_ok=False)
+    result = _run(workdir, "{method: auto}")
+    assert result.exit_code == 0, result.output
+    stats = json.loads((workdir / "outputs" / "test" / "judge_stats.json").read_text())["overall"]
+    assert stats["orders_scored"] == 2 * stats["judgements"]
+    assert fake_judge["judge"].calls["generate"] >= 2
+
+
+def test_chain_of_thought_is_clamped(workdir, fake_judge):
+    result = _run(workdir, "{chain_of_thought: true, both_orders: false}")
+    assert result.exit_code == 0, result.output
+    for row in (json.loads(x) for x in (workdir / "outputs" / "test" / "prefs.jsonl").read_text().splitlines()):
+        assert row["p_chosen"] == pytest.approx(0.6)
+
+
+def test_garbage_judge_gives_none_labels_not_a_crash(workdir, monkeypatch):
+    class Garbage(BiasedJudge):
+        def generate(self, requests, progress=None):
+            return [Completion((Output("lorem ipsum", 2),) * r.sampling.n, 3) if "(A)" in (r.prompt or "") else
+                    Completion(tuple(Output(f"resp {i} {len(r.prompt)}", 2) for i in range(r.sampling.n)), 3) for r in requests]
+
+    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: Garbage(logprobs_ok=False))
+    result = _run(workdir, "{method: parse}")
+    assert result.exit_code == 0, result.output
+    stats = json.loads((workdir / "outputs" / "test" / "judge_stats.json").read_text())["overall"]
+    assert stats["parse_failure_rate"] == 1.0 and stats["label_mean"] is None
+    info = json.loads((workdir / "outputs" / "test" / "run.json").read_text())
+    assert info["counts"]["pref_rows"] == 0 and info["counts"]["judge"]["dropped"]["no_label"] == info["counts"]["judge"]["comparisons"]
