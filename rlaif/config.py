@@ -100,12 +100,29 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """Stage `score` (pointwise, d-RLAIF): a 1-10 rating per answer, the mean over the digit tokens."""
+
+    targets: Literal["responses", "all"] = "responses"  # all: final revisions too
+    principles_per_item: int = 1  # average the rating over k drawn principles
+    principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all
+    best_vs_worst: bool = True  # add a best-vs-worst-of-n preference pair per prompt
+    min_gap: float = 0.0  # smallest score difference for a best-vs-worst pair
+
+    def __post_init__(self):
+        _positive(principles_per_item=self.principles_per_item)
+        if not 0 <= self.min_gap <= 9:
+            raise ValueError(f"min_gap must be within [0, 9], got {self.min_gap}")
+
+
+@dataclass(frozen=True)
 class Stages:
     """Which stages run; a stage runs when its key is present (`respond: {}` takes the defaults)."""
 
     respond: RespondConfig | None = None
     critique: CritiqueConfig | None = None
     judge: JudgeConfig | None = None
+    score: ScoreConfig | None = None
 
 
 @dataclass(frozen=True)

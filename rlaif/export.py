@@ -24,9 +24,11 @@ PREF_FEATURES = datasets.Features(
      "response_key": datasets.Value("string"), "revision_key": datasets.Value("string"),
      # judged pairs (stage judge); None for unjudged revision pairs
      "p_chosen": datasets.Value("float64"), "margin": datasets.Value("float64"), "orders_agree": datasets.Value("bool"),
-     "judge_model": datasets.Value("string"), "comparison_id": datasets.Value("string")}
+     "judge_model": datasets.Value("string"), "comparison_id": datasets.Value("string"),
+     # scored pairs (stage score)
+     "score_chosen": datasets.Value("float64"), "score_rejected": datasets.Value("float64")}
 )
-JUDGE_COLUMNS = ("p_chosen", "margin", "orders_agree", "judge_model", "comparison_id")
+JUDGE_COLUMNS = ("p_chosen", "margin", "orders_agree", "judge_model", "comparison_id", "score_chosen", "score_rejected")
 
 
 def final_answer(response: dict, rounds: list[dict], problem) -> tuple[str | None, list[dict], list[str]]:
@@ -117,6 +119,7 @@ def judged_rows(comparisons, records: list[dict], cfg, meta: dict) -> tuple[list
             "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"], "response_key": c.a.key,
             "revision_key": c.b.key if c.kind == "revision" else None, "p_chosen": max(label, 1 - label), "margin": margin,
             "orders_agree": agree, "judge_model": judged[0]["model"], "comparison_id": c.id,
+            "score_chosen": None, "score_rejected": None,
         })
     return rows, {"comparisons": len(comparisons), "pairs": len(rows), "dropped": dropped}
 
@@ -134,3 +137,16 @@ def write_dataset(rows: list[dict], features: datasets.Features, run_dir: Path, 
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(run_dir / f".{name}.jsonl.tmp", run_dir / f"{name}.jsonl")
+
+
+def scored_rows(pairs, meta: dict) -> list[dict]:
+    """Best-vs-worst-of-n rows from pointwise scores; margin is the score gap scaled to [0, 1]."""
+    return [{
+        "prompt": best["messages"], "chosen": [{"role": "assistant", "content": best["text"]}],
+        "rejected": [{"role": "assistant", "content": worst["text"]}], "prompt_id": best["prompt_id"], "sample": None,
+        "source": "ai", "pair_type": "best_vs_worst", "principles": [], "rounds": None, "critique": None,
+        "policy_model": meta.get("policy_model"), "critic_model": meta.get("critic_model"),
+        "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"], "response_key": best["key"],
+        "revision_key": None, "p_chosen": None, "margin": (high - low) / 9, "orders_agree": None,
+        "judge_model": meta.get("judge_model"), "comparison_id": None, "score_chosen": high, "score_rejected": low,
+    } for best, worst, high, low in pairs]

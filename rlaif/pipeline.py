@@ -13,7 +13,7 @@ from . import __version__
 from .config import Pipeline
 from .constitution import Constitution, load_constitution
 from .errors import UserError
-from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, sl_cai_rows, write_dataset
+from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, write_dataset
 from .judge_stats import judge_stats, print_judge_stats
 from .inputs import Prompt, load_prompts
 from .models import ModelPool, check_model
@@ -22,13 +22,15 @@ from .quality import revision_problem
 from .stages.common import StageContext
 from .stages.critique import critique
 from .stages.judge import build_comparisons, judge
+from .stages.score import best_vs_worst, score
 from .stages.respond import respond
-from .store import Store
+from .store import Store, record_key
 from .templates import Templates
 
 ALL_TEMPLATES = (
     "completion/respond.j2", "completion/critique.j2", "completion/revise.j2",
     "chat/critique_request.j2", "chat/revision_request.j2", "completion/judge.j2", "chat/judge.j2",
+    "completion/score.j2", "chat/score.j2",
 )
 
 
@@ -67,6 +69,8 @@ def plan(pipeline: Pipeline) -> Plan:
                                 *pipeline.where("stages.critique.principles"))
     if pipeline.stages.judge:
         _check_judge(pipeline, constitution)
+    if pipeline.stages.score:
+        _check_comparisons(constitution, pipeline.stages.score.principles, "score", pipeline)
     templates = Templates(pipeline.templates)
     dry_render(templates, constitution)
     prompts = load_prompts(pipeline.prompts, pipeline.limit)
@@ -101,13 +105,18 @@ def _check_judge(pipeline: Pipeline, constitution: Constitution) -> None:
     if cfg.pairs == "none" and not (cfg.revisions and pipeline.stages.critique):
         raise UserError("stages.judge has nothing to compare: pairs is none and there are no (initial, revision) pairs "
                         "(needs a critique stage and revisions: true)", *pipeline.where("stages.judge"))
-    for name in cfg.principles:
+    _check_comparisons(constitution, cfg.principles, "judge", pipeline)
+
+
+def _check_comparisons(constitution: Constitution, names: tuple[str, ...], stage: str, pipeline: Pipeline) -> None:
+    """Every principle a judging stage may draw exists and has a comparison question."""
+    for name in names:
         if name not in {p.name for p in constitution.principles}:
-            raise UserError(f"stages.judge.principles: no principle named {name!r} in {constitution.path}",
-                            *pipeline.where("stages.judge.principles"))
+            raise UserError(f"stages.{stage}.principles: no principle named {name!r} in {constitution.path}",
+                            *pipeline.where(f"stages.{stage}.principles"))
     for p in constitution.principles:
-        if (not cfg.principles or p.name in cfg.principles) and not p.comparison:
-            raise UserError(f"principle {p.name!r} has no `comparison` question, which stage judge needs", constitution.path, p.line)
+        if (not names or p.name in names) and not p.comparison:
+            raise UserError(f"principle {p.name!r} has no `comparison` question, which stage {stage} needs", constitution.path, p.line)
 
 
 def _versions() -> dict:
@@ -140,6 +149,23 @@ def run_judge(ctx, judge_model, p: Plan, responses: list[dict], revision_pairs: 
     print_judge_stats(reporter.console, stats)
     rows, pair_stats = judged_rows(comparisons, records, cfg, meta | {"judge_model": judge_model.model_id})
     return rows, pair_stats | {"overall": stats["overall"]}
+
+
+def run_score(ctx, judge_model, p: Plan, responses: list[dict], sft: list[dict], meta: dict) -> tuple[list, dict]:
+    """Rate responses (and final revisions), write scores.jsonl, return best-vs-worst rows and counts."""
+    cfg = p.pipeline.stages.score
+    targets = [{k: r[k] for k in ("key", "text", "prompt_id", "messages")} for r in responses if r["text"]]
+    if cfg.targets == "all":
+        targets += [{"key": record_key(final=row["messages"][-1]["content"], prompt=row["prompt_id"]), "text": row["messages"][-1]["content"],
+                     "prompt_id": row["prompt_id"], "messages": row["messages"][:-1]} for row in sft if row["source"] == "revision"]
+    records = score(ctx, judge_model, targets, cfg, p.pipeline.judge.prompt_format)
+    with open(p.run_dir / "scores.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "model")}) + "\n")
+    rows = scored_rows(best_vs_worst(targets, records, cfg.min_gap), meta) if cfg.best_vs_worst else []
+    rated = [r["score"] for r in records if r["score"] is not None]
+    return rows, {"items": len(targets), "ratings": len(records), "unrated": len(records) - len(rated),
+                  "mean_score": round(sum(rated) / len(rated), 3) if rated else None, "pairs": len(rows)}
 
 
 def _quiet_libraries() -> None:
@@ -190,6 +216,11 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
                 info["models"]["judge"] = judge_model.model_id
                 prefs, judge_info = run_judge(ctx, judge_model, p, responses, prefs, meta, reporter)
                 stats["judge"] = judge_info
+            if stages.score:
+                judge_model = pool.get(pipeline.judge)
+                info["models"]["judge"] = judge_model.model_id
+                scored, stats["score"] = run_score(ctx, judge_model, p, responses, sft, meta | {"judge_model": judge_model.model_id})
+                prefs = prefs + scored
     finally:
         pool.close()
     write_dataset(sft, SFT_FEATURES, run_dir, "sft")
@@ -198,7 +229,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
                 counts={"prompts": len(p.prompts), "responses": len(responses),
                         "critique_rounds": sum(len(h) for h in (history or {}).values()),
                         "sft_rows": len(sft), "pref_rows": len(prefs), **stats,
-                        "records": {s: store.count(s) for s in ("respond", "critique", "judge")}})
+                        "records": {s: store.count(s) for s in ("respond", "critique", "judge", "score")}})
     _write_json(run_dir / "run.json", info)
     store.close()
     return info
