@@ -258,3 +258,17 @@ def test_openai_without_base_url(workdir):
     code, err = run_cli("run", workdir / "p.yaml")
     assert code == 2
     assert_one_line(err, r"p\.yaml:5: models\.policy: the openai backend needs base_url")
+
+
+def test_openai_server_unreachable(workdir):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (workdir / "p.yaml").write_text(
+        "name: t\nconstitution: constitutions/harmless.yaml\nprompts: data/prompts.jsonl\n"
+        f"models:\n  policy:\n    backend: openai\n    model: m\n    base_url: http://127.0.0.1:{port}/v1\nstages:\n  respond: {{}}\n")
+    code, err = run_cli("run", workdir / "p.yaml")
+    assert code == 2
+    assert_one_line(err, rf"p\.yaml:8: models\.policy\.base_url: cannot reach http://127\.0\.0\.1:{port}/v1")

@@ -30,7 +30,7 @@ TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
 class ServerError(UserError):
-    """A request failed for good: retries ran out, or the server refused it (bad key, unknown model)."""
+    """A request failed for good (retries ran out, or a bad key or unknown model); the CLI prints it as one line."""
 
 
 class _Malformed(Exception):
@@ -100,14 +100,27 @@ class OpenAIGenerator:
     def _map(self, fn, items: list, report) -> list:
         # one pool per call: nothing lingers between calls, and a failure cancels only this call's requests
         results: list = [None] * len(items)
-        stop = threading.Event()
+        stop, failures = threading.Event(), []
+
+        def guarded(item):
+            try:
+                return fn(item, stop)
+            except _Cancelled:
+                raise
+            except BaseException as e:  # stop here, not in the caller: a free worker would already send the next request
+                failures.append(e)
+                stop.set()
+                raise
+
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(items))))
         try:
-            pending = {pool.submit(fn, item, stop): i for i, item in enumerate(items)}
+            pending = {pool.submit(guarded, item): i for i, item in enumerate(items)}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    results[pending.pop(future)] = result = future.result()  # re-raises a request's final error
+                    if future.exception():  # the first real failure, not the _Cancelled it caused elsewhere
+                        raise failures[0]
+                    results[pending.pop(future)] = result = future.result()
                     report(result)
         finally:
             stop.set()  # on error or Ctrl-C: running requests give up at their next retry
@@ -239,7 +252,8 @@ def check_server(base_url: str, api_key: str | None, timeout: float = 5.0) -> li
     except openai.APIConnectionError as e:
         raise ConnectionError(f"cannot reach {base_url}: {_reason(e)}") from None
     except openai.APIStatusError as e:
-        hint = " (check the API key)" if e.status_code in (401, 403) else ""
+        hints = {401: " (check the API key)", 403: " (check the API key)", 404: " (does base_url end in /v1?)"}
+        hint = hints.get(e.status_code, "")
         raise ConnectionError(f"{base_url}/models answered HTTP {e.status_code}{hint}") from None
     except (ValueError, AttributeError, openai.APIResponseValidationError):
         raise ConnectionError(f"{base_url}/models did not answer like an OpenAI-compatible server") from None
