@@ -39,6 +39,7 @@ test-fast: install
 
 bench: model
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/judge.py
 
 clean:
 	rm -rf $(VENV) outputs/*/
