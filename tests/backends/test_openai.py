@@ -320,3 +320,43 @@ def test_against_vllm_serve(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+@pytest.mark.parametrize("logprobs", [True, False])
+def test_pipeline_through_the_server(server, tmp_path, monkeypatch, logprobs):
+    """`rlaif run` with every role on the openai backend: respond, critique, judge (log-probabilities, or the
+    parse fallback when the server gives none); the API key reaches the server and nothing on disk."""
+    from click.testing import CliRunner
+
+    from rlaif.cli import main
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    server.script.logprobs = logprobs
+    monkeypatch.setenv("RLAIF_TEST_KEY", KEY)
+    (tmp_path / "p.txt").write_text("How do I boil an egg?\nHow do I pick a lock?\n")
+    (tmp_path / "p.yaml").write_text(
+        f"name: http\nconstitution: {root}/constitutions/harmless.yaml\nprompts: {tmp_path}/p.txt\noutput: {tmp_path}/run\n"
+        f"models:\n  policy: {{backend: openai, model: fake-model, base_url: '{server.url}', api_key_env: RLAIF_TEST_KEY,"
+        " max_retries: 2, request_timeout: 5}\n"
+        "stages:\n  respond: {n: 2}\n  critique: {rounds: 1}\n  judge: {drop_ties: false}\n")
+    server.script.faults = ["429", "500"]  # a rough start is retried
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "run" / "judge_stats.json").read_text())["overall"]
+    assert stats["comparisons"] > 0 and stats["parse_failure_rate"] == 0.0
+    methods = {json.loads(line)["method"] for line in _judge_records(tmp_path / "run" / "records.sqlite")}
+    assert methods == ({"logprobs"} if logprobs else {"parse"})
+    assert all(auth == f"Bearer {KEY}" for _, _, auth in server.script.requests)
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def _judge_records(db):
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return [data for (data,) in con.execute("SELECT data FROM records WHERE stage = 'judge'")]
+    finally:
+        con.close()
