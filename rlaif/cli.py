@@ -56,6 +56,26 @@ def run(pipeline, constitution, prompts, limit, output, overrides):
         click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
 
 
+@main.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["hf", "jsonl", "parquet"]), default="hf", show_default=True)
+@click.option("--out", help="Output directory (default RUN_DIR/export-FORMAT).")
+@click.option("--push-to-hub", metavar="REPO", help="Also push to this Hugging Face dataset repo (needs a token).")
+@click.option("--for-annotation", "annotation", metavar="FILE",
+              help="Instead: write the preference pairs for people as FILE.csv and FILE.jsonl.")
+def export_command(run_dir, fmt, out, push_to_hub, annotation):
+    """Export RUN_DIR's datasets with a dataset card, or its pairs for human annotation."""
+    from .publish import export, for_annotation
+
+    if annotation:
+        csv_path, jsonl_path, n = for_annotation(run_dir, annotation)
+        click.echo(f"{n} pairs for annotation: {csv_path}  {jsonl_path}")
+        click.echo("annotators fill `verdict` with a, b or tie, and optionally `annotator` and `comment`")
+        return
+    out_dir = export(run_dir, fmt, out, push_to_hub)
+    click.echo(f"exported to {out_dir} (dataset card: {out_dir / 'README.md'})")
+
+
 @main.group()
 def constitution():
     """Check constitutions and see the prompts they produce."""

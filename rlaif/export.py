@@ -9,6 +9,8 @@ from pathlib import Path
 
 import datasets
 
+from .store import record_key
+
 MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 SFT_FEATURES = datasets.Features(
     {"messages": MESSAGES, "prompt_id": datasets.Value("string"), "sample": datasets.Value("int64"),
@@ -26,7 +28,8 @@ PREF_FEATURES = datasets.Features(
      "p_chosen": datasets.Value("float64"), "margin": datasets.Value("float64"), "orders_agree": datasets.Value("bool"),
      "judge_model": datasets.Value("string"), "comparison_id": datasets.Value("string"),
      # scored pairs (stage score)
-     "score_chosen": datasets.Value("float64"), "score_rejected": datasets.Value("float64")}
+     "score_chosen": datasets.Value("float64"), "score_rejected": datasets.Value("float64"),
+     "pair_id": datasets.Value("string")}  # stable id of the two answers, whichever is chosen (human labels use it)
 )
 JUDGE_COLUMNS = ("p_chosen", "margin", "orders_agree", "judge_model", "comparison_id", "score_chosen", "score_rejected")
 
@@ -122,6 +125,17 @@ def judged_rows(comparisons, records: list[dict], cfg, meta: dict) -> tuple[list
             "score_chosen": None, "score_rejected": None,
         })
     return rows, {"comparisons": len(comparisons), "pairs": len(rows), "dropped": dropped}
+
+
+def pair_id(row: dict) -> str:
+    """The same two answers to the same prompt always get the same id, whichever side is chosen."""
+    texts = sorted([row["chosen"][-1]["content"], row["rejected"][-1]["content"]])
+    return record_key(prompt=row["prompt"], texts=texts)[:16]
+
+
+def with_pair_ids(rows: list[dict]) -> list[dict]:
+    """Rows with their `pair_id` set."""
+    return [row | {"pair_id": pair_id(row)} for row in rows]
 
 
 def write_dataset(rows: list[dict], features: datasets.Features, run_dir: Path, name: str) -> None:

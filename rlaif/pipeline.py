@@ -13,7 +13,7 @@ from . import __version__
 from .config import Pipeline
 from .constitution import Constitution, load_constitution
 from .errors import UserError
-from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, write_dataset
+from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, with_pair_ids, write_dataset
 from .judge_stats import judge_stats, print_judge_stats
 from .inputs import Prompt, load_prompts
 from .models import ModelPool, check_model
@@ -224,6 +224,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     finally:
         pool.close()
     write_dataset(sft, SFT_FEATURES, run_dir, "sft")
+    prefs = with_pair_ids(prefs)
     write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
     info.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(time.perf_counter() - t0, 1),
                 counts={"prompts": len(p.prompts), "responses": len(responses),
