@@ -76,6 +76,31 @@ def export_command(run_dir, fmt, out, push_to_hub, annotation):
     click.echo(f"exported to {out_dir} (dataset card: {out_dir / 'README.md'})")
 
 
+@main.command("merge-human")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("labels", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--policy", type=click.Choice(["human-overrides", "ai-where-missing", "weighted"]), default="human-overrides",
+              show_default=True, help="How human votes and AI labels combine (see docs/human.md).")
+@click.option("--weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="weighted: the human vote's share of the mixed label.")
+@click.option("--strict", is_flag=True, help="Any bad row is fatal (exit 2) and nothing is merged.")
+@click.option("--argilla-question", help="Argilla exports: the question holding the verdicts (default: the first answered).")
+def merge_human_command(run_dir, labels, policy, weight, strict, argilla_question):
+    """Merge human LABELS (verdict files, TRL preference files, Argilla exports) into RUN_DIR.
+
+    Writes RUN_DIR/merged/ and merged.jsonl, human_agreement.json and human_rejects.jsonl.
+    Merging the same file again changes nothing.
+    """
+    from .human.merge import merge_human
+
+    s = merge_human(run_dir, list(labels), policy, weight, strict, argilla_question)
+    a = s["agreement"]
+    click.echo(f"{s['votes_read']} votes read, {s['rejects']} bad rows ({s['rejects_file']}), {s['votes_stored']} votes stored")
+    click.echo(f"merged: {s['merged_rows']} pairs {s['sources']} (policy {policy}); dropped {s['dropped'] or 'none'}")
+    click.echo(f"AI-human agreement on {a['pairs']} pairs: {a['agreement']}, Cohen's kappa {a['cohen_kappa']}, "
+               f"{len(a['conflicts'])} conflicts; confusion (AI -> human) {a['confusion']}")
+
+
 @main.group()
 def constitution():
     """Check constitutions and see the prompts they produce."""

@@ -1,0 +1,1 @@
+"""Human labels: read annotation files, merge them with AI labels, measure agreement."""
