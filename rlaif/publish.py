@@ -100,6 +100,8 @@ def for_annotation(run_dir, file: str) -> tuple[Path, Path, int]:
     base = base.with_suffix("") if base.suffix in (".csv", ".jsonl") else base
     rows, order = [], {}
     for row in prefs:
+        if row["pair_id"] in order:  # the same two answers as another pair type: people judge them once
+            continue
         flip = random.Random(f"{info['seed']}:{row['pair_id']}:annotate").random() < 0.5
         first, second = ("rejected", "chosen") if flip else ("chosen", "rejected")
         order[row["pair_id"]] = {"a": first, "b": second}

@@ -179,3 +179,18 @@ def test_strict_makes_a_bad_row_fatal_and_writes_nothing(run_dir, tmp_path):  # 
     result = _merge(run_dir, f, "--strict")
     assert result.exit_code == 2 and "v.jsonl:2: unknown pair id 'zzz'" in result.stderr and "\n" not in result.stderr.strip()
     assert not (run_dir / "merged").exists() and not (run_dir / "merged.jsonl").exists()
+
+
+def test_a_pair_carried_by_two_pair_types_is_annotated_and_counted_once(run_dir, tmp_path):  # noqa: F811
+    from rlaif.export import PREF_FEATURES, write_dataset
+
+    prefs = list(datasets.load_from_disk(str(run_dir / "prefs")))
+    twin = prefs[0] | {"pair_type": "best_vs_worst"}  # the same two answers, also paired by scores
+    write_dataset(prefs + [twin], PREF_FEATURES, run_dir, "prefs")
+    rows, order = _annotate(run_dir, tmp_path)
+    assert len(rows) == len(prefs)
+    pid = prefs[0]["pair_id"]
+    labels = _write_csv(tmp_path / "v.csv", [{"pair_id": pid, "verdict": "a", "annotator": "x"}])
+    assert _merge(run_dir, labels).exit_code == 0
+    assert [r["human_votes"] for r in _merged(run_dir) if r["pair_id"] == pid] == [1, 1]
+    assert json.loads((run_dir / "human_agreement.json").read_text())["overall"]["pairs"] == 1

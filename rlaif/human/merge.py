@@ -125,8 +125,10 @@ def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weig
     """Import label files into RUN_DIR, write merged/ merged.jsonl human_agreement.json human_rejects.jsonl."""
     run_dir = Path(run_dir)
     info, found = load_run(run_dir)
-    prefs_ds = found.get("prefs")
-    prefs = {row["pair_id"]: row for row in prefs_ds} if prefs_ds is not None else {}
+    rows_in = list(found["prefs"]) if "prefs" in found else []
+    prefs: dict[str, dict] = {}  # pair_id -> its first row; one pair can appear as several pair types
+    for row in rows_in:
+        prefs.setdefault(row["pair_id"], row)
     order_path = run_dir / "annotation_order.json"
     order = json.loads(order_path.read_text()) if order_path.is_file() else {}
     votes, rejects = [], []
@@ -150,9 +152,10 @@ def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weig
         if pair and pid not in prefs:
             new_pairs[pid] = json.loads(pair)
     tags = _principle_tags(info)
-    rows, dropped, items = [], Counter(), []
+    rows, dropped, items, counted = [], Counter(), [], set()
     human_prompts = {json.dumps(prefs[p]["prompt"] if p in prefs else new_pairs[p]["prompt"]) for p in by_pair}
-    for pid, row in prefs.items():
+    for row in rows_in:
+        pid = row["pair_id"]
         ai_side = _canon(row["chosen"][-1]["content"], row["rejected"][-1]["content"])
         if pid not in by_pair:
             if policy == "ai-where-missing" and json.dumps(row["prompt"]) in human_prompts:
@@ -162,7 +165,9 @@ def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weig
             continue
         human, share = majority(by_pair[pid])
         groups = list(row["principles"]) or ["(no principle)"]
-        items.append((pid, ai_side, human, groups + sorted({f"tag:{t}" for p in row["principles"] for t in tags.get(p, ())})))
+        if pid not in counted:  # a pair counts once, whatever pair types carry it
+            counted.add(pid)
+            items.append((pid, ai_side, human, groups + sorted({f"tag:{t}" for p in row["principles"] for t in tags.get(p, ())})))
         winner = human
         p = share
         if policy == "weighted":
