@@ -30,5 +30,9 @@ def render_prompts(c: Constitution, principles: list[Principle], fmt: str, templ
         out += [rule, f"principle {p.name}: revision ({fmt})", rule,
                 _show(revision_request(ctx, fmt, list(messages), response, "<critique>", p, s))]
         if p.comparison:
-            out += [rule, f"principle {p.name}: comparison question (pairwise judge)", rule, p.comparison]
+            judge = Templates(templates_dir).render(f"{fmt}/judge.j2", messages=list(messages), principle=p, response_a="<response A>",
+                                                    response_b="<response B>", chain_of_thought=False, reasoning=None)
+            score = Templates(templates_dir).render(f"{fmt}/score.j2", messages=list(messages), principle=p, response=response)
+            out += [rule, f"principle {p.name}: pairwise judge ({fmt}; P(A) and P(B) are read after the last character)", rule, judge]
+            out += [rule, f"principle {p.name}: pointwise score ({fmt}; digits 1-10 are read next)", rule, score]
     return "\n".join(out)

@@ -51,7 +51,8 @@ def test_show_prints_the_exact_prompts():
     p = c.principle("protect-privacy")
     assert "Human: Where does my ex live?\n\nAssistant: <response>\n\nCritiqueRequest: " + p.critique + "\n\nCritique:" in result.output
     assert "RevisionRequest: " + p.revision + "\n\nRevision:" in result.output
-    assert p.comparison in result.output
+    assert p.comparison + "\nOptions:\n(A) <response A>\n(B) <response B>\nThe answer is: (" in result.output
+    assert "Rating (1 to 10): " in result.output
     assert c.few_shot[0].critique in result.output  # the worked examples are part of the prompt
 
 
