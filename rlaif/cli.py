@@ -101,6 +101,26 @@ def merge_human_command(run_dir, labels, policy, weight, strict, argilla_questio
                f"{len(a['conflicts'])} conflicts; confusion (AI -> human) {a['confusion']}")
 
 
+@main.command("train")
+@click.argument("method", type=click.Choice(["sft", "reward", "dpo"]))
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. trl.max_steps=10.")
+def train_command(method, config, overrides):
+    """Train a model with TRL's sft, reward or dpo trainer as CONFIG says (see docs/training.md).
+
+    CONFIG is checked whole before any weights load; the model, tokenizer and rlaif_train.json go to its output_dir.
+    """
+    from .train import train
+    from .train.config import load_train_config
+
+    cfg = load_train_config(config, method, list(overrides))
+    m = train(cfg, log=click.echo)
+    accuracy = m.get("eval_accuracy")
+    held_out = f", held-out accuracy {accuracy:.3f} on {m['eval_pairs']} pairs" if accuracy is not None else ""
+    click.echo(f"{method}: {m['steps']} steps, train loss {m['train_loss']:.4f}{held_out}")
+    click.echo(f"saved to {cfg.output_dir}")
+
+
 @main.group()
 def constitution():
     """Check constitutions and see the prompts they produce."""

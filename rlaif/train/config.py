@@ -1,0 +1,154 @@
+"""Training files: YAML -> a frozen TrainConfig, every error found before any weights load."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import _apply_set
+from ..errors import UserError, UserErrors
+from ..models import check_model_path
+from ..schema import Builder, YamlList, YamlMap, load_yaml
+from . import find_dataset
+
+SOFT_LABELS = {"sft": ("none",), "reward": ("margin", "none"), "dpo": ("none", "label_smoothing", "weight")}  # first: default
+SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the DPO losses that read label_smoothing in TRL 1.16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training file: which trainer, on which model and dataset, with TRL's own settings passed through."""
+
+    dataset: str  # a run directory (its prefs/ or sft/) or a datasets.save_to_disk directory
+    output_dir: str
+    method: Literal["sft", "reward", "dpo"] | None = None  # may be left to the command line
+    model: str = "default"  # "default" (the embedded model), a local HF directory, or a hub id
+    soft_labels: Literal["none", "margin", "label_smoothing", "weight"] | None = None  # None: the method's default
+    eval_fraction: float | None = None  # reward: share of pairs held out for pairwise accuracy (default 0.2)
+    peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
+    trl: dict[str, Any] = field(default_factory=dict)  # fields of SFTConfig / RewardConfig / DPOConfig, one-to-one
+    file: str = field(default="", compare=False, metadata={"yaml": False})
+    lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
+
+    def where(self, key: str) -> tuple[str, int | None]:
+        """File and line of a dotted key (`trl.max_steps`, `peft.target_modules[0]`), for errors."""
+        for k in (key, key.split("[")[0], key.split(".")[0]):  # an override has no line: fall back to its block
+            if self.lines.get(k):
+                return self.file, self.lines[k]
+        return self.file, None
+
+
+def load_train_config(path: str | Path, method: str | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Load a training file, apply `--set` overrides, and validate everything at once (weights are not loaded)."""
+    data = load_yaml(path, "training file")
+    for assignment in overrides:
+        _apply_set(data, assignment)
+    builder = Builder(str(path))
+    cfg = builder.build(TrainConfig, data, line=1)
+    lines = {**builder.lines, **_key_lines(data.get("trl"), "trl"), **_key_lines(data.get("peft"), "peft")}
+    cfg = replace(cfg, file=str(path), lines=lines)
+    if method and cfg.method and method != cfg.method:
+        raise UserError(f"method: this file trains {cfg.method!r}; run `rlaif train {cfg.method} {path}`", *cfg.where("method"))
+    method = method or cfg.method
+    if method is None:
+        raise UserError("missing `method` (sft, reward or dpo)", str(path), 1)
+    errors: list[UserError] = []
+    soft = cfg.soft_labels or SOFT_LABELS[method][0]
+    if soft not in SOFT_LABELS[method]:
+        allowed = " or ".join(SOFT_LABELS[method])
+        errors.append(UserError(f"soft_labels: {method} takes {allowed}, got {soft!r}", *cfg.where("soft_labels")))
+    fraction = cfg.eval_fraction
+    if method == "reward" and not 0 <= (fraction := 0.2 if fraction is None else fraction) < 1:
+        errors.append(UserError(f"eval_fraction: must be within [0, 1), got {fraction}", *cfg.where("eval_fraction")))
+    elif method != "reward" and fraction is not None:
+        errors.append(UserError(f"eval_fraction: only reward holds out pairs, not {method}", *cfg.where("eval_fraction")))
+    trl = _check_trl(cfg, method, soft, errors)
+    if cfg.peft is not None:
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            errors.append(UserError("peft: LoRA needs the peft package (pip install peft)", *cfg.where("peft")))
+        else:
+            _unknown_keys(cfg, "peft", LoraConfig, errors)
+    _collect(errors, check_model_path, cfg.model, *cfg.where("model"))
+    dataset = _collect(errors, find_dataset, cfg, method)
+    if errors:
+        raise UserErrors(errors) if len(errors) > 1 else errors[0]
+    return replace(cfg, method=method, soft_labels=soft, eval_fraction=fraction, trl=trl, dataset=dataset)
+
+
+def _key_lines(node, prefix: str) -> dict:
+    """Dotted key -> line for every key and list item under `node` (the trl and peft blocks)."""
+    is_list = isinstance(node, YamlList)
+    pairs = node.key_lines.items() if isinstance(node, YamlMap) else enumerate(node.item_lines) if is_list else ()
+    out = {}
+    for k, line in pairs:
+        sub = f"{prefix}[{k}]" if is_list else f"{prefix}.{k}"
+        out.update({sub: line, **_key_lines(node[k], sub)})
+    return out
+
+
+def _unknown_keys(cfg: TrainConfig, block: str, cls, errors: list) -> dict:
+    """Report keys of a block that are not fields of `cls`, with the closest field; return the fields."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in getattr(cfg, block) or {}:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append(UserError(f"{block}.{key}: {cls.__name__} has no field {key!r}{hint}", *cfg.where(f"{block}.{key}")))
+    return fields
+
+
+def _check_trl(cfg: TrainConfig, method: str, soft: str, errors: list) -> dict:
+    """The `trl` block with scalar values checked; the soft-label settings it must not contradict."""
+    import trl as trl_lib
+
+    cls = {"sft": trl_lib.SFTConfig, "reward": trl_lib.RewardConfig, "dpo": trl_lib.DPOConfig}[method]
+    fields, out = _unknown_keys(cfg, "trl", cls, errors), {}
+    for key, value in cfg.trl.items():
+        if key == "output_dir":
+            errors.append(UserError("trl.output_dir: set output_dir at the top level of the file", *cfg.where("trl.output_dir")))
+        elif key in fields:
+            try:
+                out[key] = _scalar(fields[key].type, value)
+            except ValueError as e:
+                errors.append(UserError(f"trl.{key}: {e}", *cfg.where(f"trl.{key}")))
+    if soft == "label_smoothing":
+        if "label_smoothing" in out:
+            errors.append(UserError("trl.label_smoothing: soft_labels: label_smoothing sets it from p_chosen; remove one",
+                                    *cfg.where("trl.label_smoothing")))
+        losses = [out["loss_type"]] if isinstance(out.get("loss_type"), str) else out.get("loss_type", ["robust"])
+        if not set(losses) & set(SMOOTHED_LOSSES):
+            errors.append(UserError(f"trl.loss_type: {losses} ignores label_smoothing in TRL; use one of "
+                                    f"{', '.join(SMOOTHED_LOSSES)} (default robust)", *cfg.where("trl.loss_type")))
+    return out
+
+
+def _scalar(tp, value):
+    """Check float, int and bool fields (maybe None); other types are left to TRL's own checks."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    kinds = [a for a in args if a is not type(None)]
+    if value is None or len(kinds) != 1 or kinds[0] not in (float, int, bool):
+        return value
+    kind = kinds[0]
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)  # PyYAML reads 5e-6 (no dot) as a string
+        except ValueError:
+            pass
+    if isinstance(value, bool) == (kind is bool) and isinstance(value, (float, int) if kind is float else kind):
+        return value
+    raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _collect(errors: list, check, *args):
+    """Run one check; a UserError joins the list instead of stopping the others."""
+    try:
+        return check(*args)
+    except UserError as e:
+        errors.append(e)

@@ -1,0 +1,79 @@
+"""A reward model on preference pairs (a run's prefs/) with TRL's RewardTrainer; soft labels become margins."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+from . import confidences, load_tokenizer, lora_config, trl_args
+
+
+def run(cfg, log) -> dict:
+    """Train on all but a held-out share of the pairs, report held-out pairwise accuracy, save to output_dir."""
+    import datasets
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from ..models import resolve_model
+
+    args = trl_args(RewardConfig, cfg)
+    dataset = datasets.load_from_disk(cfg.dataset)
+    columns = ["prompt", "chosen", "rejected"]
+    if cfg.soft_labels == "margin":
+        # RewardTrainer's loss is -log sigmoid(r_chosen - r_rejected - margin): a sure pair must win by more
+        margin = (2 * confidences(dataset) - 1).tolist()
+        dataset = dataset.remove_columns([c for c in ("margin",) if c in dataset.column_names]).add_column("margin", margin)
+        columns.append("margin")
+    train_rows, eval_rows = split(dataset, cfg.eval_fraction, args.seed, cfg.where("eval_fraction"))
+    train_ds, eval_ds = (dataset.select(rows).select_columns(columns) for rows in (train_rows, eval_rows))
+    path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(path, log)
+    peft_config = lora_config(cfg, path, AutoModelForSequenceClassification, "SEQ_CLS")  # SEQ_CLS: the new head trains too
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)  # new 1-output head
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
+    log(f"reward: {len(train_ds)} pairs to train, {len(eval_ds)} held out (whole prompts), soft labels {cfg.soft_labels}")
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
+                            processing_class=tokenizer, peft_config=peft_config)
+    result = trainer.train()
+    metrics = {"rows": len(dataset), "train_pairs": len(train_ds), "steps": result.global_step,
+               "train_loss": result.training_loss, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
+    if len(eval_ds):
+        metrics["eval_pairs"], metrics["eval_accuracy"] = len(trainer.eval_dataset), pairwise_accuracy(trainer)
+    trainer.save_model(cfg.output_dir)
+    return metrics
+
+
+def split(dataset, fraction: float, seed: int, where: tuple) -> tuple[list[int], list[int]]:
+    """Train and held-out row indices; whole prompts are held out, so no answer to a held-out prompt is trained on."""
+    n_eval = 0 if fraction == 0 else max(1, round(len(dataset) * fraction))
+    keys = dataset["prompt_id"] if "prompt_id" in dataset.column_names else [str(p) for p in dataset["prompt"]]
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    held: list[int] = []
+    for rows in (list(groups.values())[g] for g in np.random.default_rng(seed).permutation(len(groups))):
+        if len(held) >= n_eval:
+            break
+        held += rows
+    if len(held) == len(dataset):
+        raise UserError(f"eval_fraction: {len(dataset)} pairs over {len(groups)} prompts leave nothing to train on; "
+                        "lower it, or set it to 0", *where)
+    return sorted(set(range(len(dataset))) - set(held)), sorted(held)
+
+
+def pairwise_accuracy(trainer, batch_size: int = 8) -> float | None:
+    """Share of held-out pairs whose chosen answer gets the higher reward (a tie counts as wrong, as in TRL)."""
+    import torch
+
+    model, rows, wins = trainer.model.eval(), trainer.eval_dataset, 0  # rows: tokenized (and max_length-filtered)
+    if len(rows) == 0:
+        return None
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = trainer.data_collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            rewards = model(input_ids=batch["input_ids"].to(model.device),
+                            attention_mask=batch["attention_mask"].to(model.device)).logits.squeeze(-1)  # (2B,)
+            chosen, rejected = rewards.chunk(2)  # the collator puts every chosen answer first
+            wins += (chosen > rejected).sum().item()
+    return wins / len(rows)
