@@ -16,15 +16,16 @@ from ..models import DEFAULT_MODEL_ID
 from ..templates import DEFAULT_DIR
 
 CHAT_TEMPLATE = DEFAULT_DIR / "training" / "chat_template.jinja"
-COLUMNS = {"sft": ("messages",), "reward": ("prompt", "chosen", "rejected"), "dpo": ("prompt", "chosen", "rejected")}
+COLUMNS = {"sft": ("messages",), "reward": ("prompt", "chosen", "rejected"), "dpo": ("prompt", "chosen", "rejected"),
+           "grpo": ("prompt",), "rloo": ("prompt",)}
 
 
 def train(cfg, log=print) -> dict:
     """Run the trainer that `cfg.method` names; its metrics also go to OUTPUT_DIR/rlaif_train.json."""
-    from . import dpo, reward, sft
+    from . import dpo, online, reward, sft
 
     start = time.time()
-    metrics = {"sft": sft, "reward": reward, "dpo": dpo}[cfg.method].run(cfg, log)
+    metrics = {"sft": sft, "reward": reward, "dpo": dpo, "grpo": online, "rloo": online}[cfg.method].run(cfg, log)
     model_id = DEFAULT_MODEL_ID if cfg.model == "default" else cfg.model  # "default" alone would not say which weights
     record = {"method": cfg.method, "model_id": model_id, "config": {k: v for k, v in asdict(cfg).items() if k != "lines"},
               "metrics": metrics, "seconds": round(time.time() - start, 1), "versions": _versions()}

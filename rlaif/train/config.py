@@ -10,13 +10,32 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import _apply_set
+from ..config import _apply_set, resolve_path
 from ..errors import UserError, UserErrors
 from ..models import check_model_path
 from ..schema import Builder, YamlList, YamlMap, load_yaml
 from . import find_dataset
 
-SOFT_LABELS = {"sft": ("none",), "reward": ("margin", "none"), "dpo": ("none", "label_smoothing", "weight")}  # first: default
+SOFT_LABELS = {"sft": ("none",), "reward": ("margin", "none"), "dpo": ("none", "label_smoothing", "weight"),
+               "grpo": ("none",), "rloo": ("none",)}  # first: default
+
+
+@dataclass(frozen=True)
+class JudgeReward:
+    """The AI judge's pointwise 1-10 rating as the reward (rlaif.rewards.JudgeScoreReward)."""
+
+    constitution: str
+    model: str = "default"
+    backend: Literal["hf", "vllm"] = "hf"
+    principles_per_item: int = 1
+
+
+@dataclass(frozen=True)
+class RewardSource:
+    """Where online RL gets its reward: a trained reward model directory, or the AI judge."""
+
+    model: str | None = None  # a directory written by `rlaif train reward`
+    judge: JudgeReward | None = None
 SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the DPO losses that read label_smoothing in TRL 1.16
 
 
@@ -26,11 +45,12 @@ class TrainConfig:
 
     dataset: str  # a run directory (its prefs/ or sft/) or a datasets.save_to_disk directory
     output_dir: str
-    method: Literal["sft", "reward", "dpo"] | None = None  # may be left to the command line
+    method: Literal["sft", "reward", "dpo", "grpo", "rloo"] | None = None  # may be left to the command line
     model: str = "default"  # "default" (the embedded model), a local HF directory, or a hub id
     soft_labels: Literal["none", "margin", "label_smoothing", "weight"] | None = None  # None: the method's default
     eval_fraction: float | None = None  # reward: share of pairs held out for pairwise accuracy (default 0.2)
     peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
+    reward: RewardSource | None = None  # grpo, rloo: the reward model or the AI judge
     trl: dict[str, Any] = field(default_factory=dict)  # fields of SFTConfig / RewardConfig / DPOConfig, one-to-one
     file: str = field(default="", compare=False, metadata={"yaml": False})
     lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
@@ -76,6 +96,7 @@ def load_train_config(path: str | Path, method: str | None = None, overrides: li
         else:
             _unknown_keys(cfg, "peft", LoraConfig, errors)
     _collect(errors, check_model_path, cfg.model, *cfg.where("model"))
+    _collect(errors, _check_reward, cfg, method)
     dataset = _collect(errors, find_dataset, cfg, method)
     if errors:
         raise UserErrors(errors) if len(errors) > 1 else errors[0]
@@ -108,7 +129,8 @@ def _check_trl(cfg: TrainConfig, method: str, soft: str, errors: list) -> dict:
     """The `trl` block with scalar values checked; the soft-label settings it must not contradict."""
     import trl as trl_lib
 
-    cls = {"sft": trl_lib.SFTConfig, "reward": trl_lib.RewardConfig, "dpo": trl_lib.DPOConfig}[method]
+    cls = {"sft": trl_lib.SFTConfig, "reward": trl_lib.RewardConfig, "dpo": trl_lib.DPOConfig,
+           "grpo": trl_lib.GRPOConfig, "rloo": trl_lib.RLOOConfig}[method]
     fields, out = _unknown_keys(cfg, "trl", cls, errors), {}
     for key, value in cfg.trl.items():
         if key == "output_dir":
@@ -152,3 +174,25 @@ def _collect(errors: list, check, *args):
         return check(*args)
     except UserError as e:
         errors.append(e)
+
+
+def _check_reward(cfg: TrainConfig, method: str) -> None:
+    """grpo and rloo need exactly one reward source, and it must exist; other methods take none."""
+    r = cfg.reward
+    if method not in ("grpo", "rloo"):
+        if r is not None:
+            raise UserError(f"reward: only grpo and rloo take a reward source, not {method}", *cfg.where("reward"))
+        return
+    if r is None or (r.model is None) == (r.judge is None):
+        raise UserError(f"reward: {method} needs exactly one of reward.model (a reward model directory) or reward.judge",
+                        *cfg.where("reward") if r is not None else (cfg.file, 1))
+    if r.model is not None:
+        check_model_path(r.model, *cfg.where("reward.model"))
+        return
+    from ..constitution import load_constitution
+
+    check_model_path(r.judge.model, *cfg.where("reward.judge.model"))
+    constitution = load_constitution(resolve_path(r.judge.constitution, Path(cfg.file).resolve().parent))
+    for p in constitution.principles:
+        if not p.comparison:
+            raise UserError(f"principle {p.name!r} has no `comparison` question, which the judge reward needs", constitution.path, p.line)

@@ -1,0 +1,68 @@
+"""Online RL with TRL's GRPOTrainer / RLOOTrainer; the reward is a trained reward model or the AI judge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ModelConfig, resolve_path
+from . import lora_config, load_tokenizer, trl_args
+
+
+def reward_function(cfg, log):
+    """A reward model directory (TRL loads it as a sequence classifier), or rlaif's judge score as a callable."""
+    if cfg.reward.model is not None:
+        return cfg.reward.model, None
+    from ..constitution import load_constitution
+    from ..models import ModelPool
+    from ..rewards import JudgeScoreReward
+
+    judge = cfg.reward.judge
+    pool = ModelPool()
+    generator = pool.get(ModelConfig(model=judge.model, backend=judge.backend, dtype="float32" if judge.backend == "hf" else "bfloat16"))
+    constitution = load_constitution(resolve_path(judge.constitution, Path(cfg.file).resolve().parent))
+    log(f"{cfg.method}: reward = the judge's 1-10 rating ({generator.model_id}, {constitution.name}, "
+        f"{judge.principles_per_item} principle(s) per completion)")
+    return JudgeScoreReward(generator, constitution, principles_per_item=judge.principles_per_item), pool
+
+
+def _prompts(dataset):
+    """One row per distinct prompt: a preference dataset repeats prompts across pairs."""
+    seen, keep = set(), []
+    for i, prompt in enumerate(dataset["prompt"]):
+        key = repr(prompt)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return dataset.select(keep).select_columns(["prompt"])
+
+
+def run(cfg, log) -> dict:
+    """Train with GRPO or RLOO, save to output_dir, return the metrics (reward, KL, losses per step)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    from ..models import resolve_model
+
+    config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[cfg.method]
+    dataset = _prompts(datasets.load_from_disk(cfg.dataset))
+    args = trl_args(config_cls, cfg)
+    path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(path, log)
+    tokenizer.padding_side = "left"  # generation pads on the left
+    peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    reward, pool = reward_function(cfg, log)
+    try:
+        trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=peft_config)
+        result = trainer.train()
+    finally:
+        if pool is not None:
+            pool.close()
+    trainer.save_model(cfg.output_dir)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    keep = ("loss", "reward", "reward_std", "kl", "entropy", "completions/mean_length")
+    return {"prompts": len(dataset), "steps": result.global_step, "train_loss": result.training_loss,
+            "history": [{k: h[k] for k in keep if k in h} for h in history]}
