@@ -23,3 +23,23 @@ def test_help(path):
 def test_version():
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and "0.1.0" in result.output
+
+
+def test_python_m_rlaif_train_entry_point():
+    """`accelerate launch -m rlaif.train ...` runs this module on every process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rlaif.train", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "{sft|reward|dpo|grpo|rloo}" in out.stdout
+
+
+def test_accelerate_configs_load():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    files = sorted((Path(__file__).resolve().parent.parent / "configs" / "accelerate").glob("*.yaml"))
+    assert len(files) == 3
+    kinds = {ClusterConfig.from_yaml_file(f).distributed_type.value for f in files}
+    assert kinds == {"MULTI_GPU", "DEEPSPEED", "FSDP"}
