@@ -25,4 +25,5 @@ def run(cfg, log) -> dict:
     result = trainer.train()
     trainer.save_model(cfg.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"rows": len(dataset), "steps": result.global_step, "train_loss": result.training_loss, "losses": losses}
+    return {"rows": len(dataset), "steps": result.global_step, "train_loss": result.training_loss, "losses": losses,
+            "train_runtime": result.metrics.get("train_runtime"), "tokens_seen": trainer.state.num_input_tokens_seen}
