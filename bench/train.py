@@ -27,6 +27,7 @@ def measure(method: str, run_dir: str, trl: dict, out: Path) -> dict:
     from rlaif.train import train
     from rlaif.train.config import load_train_config
 
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{method}.yaml"
     path.write_text(json.dumps({"method": method, "model": "default", "dataset": run_dir, "output_dir": str(out / method),
                                 "trl": {**trl, "include_num_input_tokens_seen": "non_padding", "save_strategy": "no"}}))
