@@ -1,0 +1,370 @@
+"""PPO for language models (RLHF-style): a policy with a value head, a per-token KL penalty against a frozen
+reference, GAE, clipped policy and value losses, and an adaptive KL coefficient.
+
+Follows Ziegler et al. (2019), Ouyang et al. (2022) and "The N Implementation Details of RLHF with PPO"
+(Huang et al.). TRL 1.16 has no PPO trainer, so this file is the project's own. Shapes: B sequences,
+P prompt tokens (left-padded), T completion tokens (right-padded after the first EOS), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Every PPO knob; checked on construction (all bad values reported together)."""
+
+    learning_rate: float = 1e-5  # AdamW, shared by the policy and the value head
+    batch_size: int = 16  # prompts per rollout
+    mini_batch_size: int = 4  # sequences per optimizer step; must divide batch_size
+    ppo_epochs: int = 4  # passes over each rollout
+    max_new_tokens: int = 64  # completion length cap
+    temperature: float = 1.0  # sampling temperature; logprobs are taken from logits / temperature too
+    top_k: int = 0  # 0: off. Truncated sampling makes the rollout slightly off-policy; keep off unless needed
+    top_p: float = 1.0  # 1.0: off
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    cliprange: float = 0.2  # policy ratio clip
+    cliprange_value: float = 0.2  # value clip around the rollout's values
+    vf_coef: float = 0.1  # weight of the value loss
+    kl_coef: float = 0.1  # initial KL penalty coefficient (beta)
+    kl_mode: Literal["fixed", "adaptive"] = "adaptive"  # adaptive: Ziegler et al.'s controller steers toward target_kl
+    target_kl: float = 6.0  # adaptive: the KL (nats per sequence) to steer toward
+    kl_horizon: int = 10000  # adaptive: sequences over which the coefficient adapts
+    whiten_advantages: bool = True  # normalise advantages over each rollout
+    max_grad_norm: float | None = 1.0  # gradient clipping; None: off
+    total_steps: int = 100  # rollouts to run
+    seed: int = 0
+    max_prompt_length: int = 512  # longer prompts keep their last tokens
+    log_every: int = 1  # rollouts between log lines
+    output_dir: str = "outputs/ppo"
+
+    def __post_init__(self):
+        v = vars(self)
+        errors = [f"{k} must be > 0, got {v[k]}" for k in
+                  ("learning_rate", "temperature", "cliprange", "cliprange_value", "target_kl") if not v[k] > 0]
+        errors += [f"{k} must be >= 1, got {v[k]}" for k in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
+                   "kl_horizon", "total_steps", "max_prompt_length", "log_every") if not v[k] >= 1]
+        errors += [f"{k} must be >= 0, got {v[k]}" for k in ("vf_coef", "kl_coef", "top_k") if not v[k] >= 0]
+        errors += [f"{k} must be in [0, 1], got {v[k]}" for k in ("gamma", "lam") if not 0 <= v[k] <= 1]
+        if not 0 < self.top_p <= 1:
+            errors.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.mini_batch_size >= 1 and self.batch_size % self.mini_batch_size:
+            errors.append(f"mini_batch_size ({self.mini_batch_size}) must divide batch_size ({self.batch_size})")
+        if self.kl_mode not in ("fixed", "adaptive"):
+            errors.append(f"kl_mode must be 'fixed' or 'adaptive', got {self.kl_mode!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            errors.append(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if errors:
+            raise ValueError("PPOConfig: " + "; ".join(errors))
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) = logits[token] - logsumexp(logits); (B, T, V), (B, T) -> (B, T)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def completion_mask(tokens: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
+    """1 up to and including each row's first EOS, 0 after (generate() pads finished rows); (B, T) -> (B, T) float."""
+    is_eos = torch.isin(tokens, eos_ids).long()
+    return ((is_eos.cumsum(1) - is_eos) == 0).float()  # no EOS strictly before t
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(l) - sum softmax(l) * l; (B, T, V) -> (B, T)."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(x * m) / sum(m): the mean over the entries where mask is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8), mean and (population) variance over the masked entries; masked-out entries -> 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def per_token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                      kl_coef: float) -> torch.Tensor:
+    """r_t = -kl_coef * (logp_t - ref_logp_t) on real tokens, plus the sequence score at each row's last real token.
+
+    score (B,), logprobs/ref_logprobs/mask (B, T) -> rewards (B, T), 0 where mask is 0.
+    """
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask  # (B, T)
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # (B,) index of each row's last 1
+    rewards[torch.arange(len(score)), last] += score.to(rewards.dtype)
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation, backwards over t; positions where mask is 0 end the episode.
+
+    delta_t = r_t + gamma * V_{t+1} * m_{t+1} - V_t;  A_t = delta_t + gamma * lam * m_{t+1} * A_{t+1};
+    returns R_t = A_t + V_t. (B, T) each -> advantages (B, T), returns (B, T), both 0 where mask is 0.
+    """
+    rewards, values = rewards * mask, values * mask
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])  # A_{t+1}, (B,)
+    for t in reversed(range(T)):
+        next_mask = mask[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value * next_mask - values[:, t]
+        running = delta + gamma * lam * next_mask * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
+    """Clipped surrogate: mean over real tokens of max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)), ratio = exp(logp - old).
+
+    Also returns clipfrac (share of tokens where the clipped term is the larger) and approx_kl, the k3 estimate of
+    KL(old || new): mean of (ratio - 1) - log ratio (>= 0). All inputs (B, T); outputs are scalars.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+    return loss, clipfrac.detach(), approx_kl.detach()
+
+
+def value_loss(values, old_values, returns, mask, cliprange_value: float):
+    """0.5 * mean over real tokens of max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, -c, c).
+
+    Also returns clipfrac: the share of tokens where the clipped error is the larger. Inputs (B, T); scalars out.
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    unclipped_error, clipped_error = (values - returns) ** 2, (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_error, clipped_error), mask)
+    return loss, masked_mean((clipped_error > unclipped_error).float(), mask).detach()
+
+
+class FixedKLController:
+    """kl_coef stays where it started."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """No change."""
+
+
+class AdaptiveKLController:
+    """Ziegler et al.: err = clip(KL / target - 1, -0.2, 0.2); kl_coef *= 1 + err * n_steps / horizon."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Move kl_coef toward the value that keeps the KL at target; n_steps: sequences in the rollout just used."""
+        err = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + err * n_steps / self.horizon
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... counted over real tokens only, so a left-padded prompt sees the positions generate() gave it."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def load_lm(model_or_path):
+    """A path becomes an AutoModelForCausalLM in float32 (the master weights); a model is used as it is."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(model_or_path, (str, Path)):
+        return AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
+    return model_or_path
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM plus a value head, Linear(hidden, 1), on the last hidden state."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)  # values start at 0: no random critic noise in the first advantages
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(B, L) ids and mask -> logits (B, L, V), values (B, L)."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                      output_hidden_states=True)
+        hidden = out.hidden_states[-1].to(self.value_head.weight.dtype)  # (B, L, H), after the final norm
+        return out.logits, self.value_head(hidden).squeeze(-1)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "PolicyWithValue":
+        """Load a save()d policy; the value head too when VALUE_HEAD_FILE is there (else a fresh one)."""
+        from safetensors.torch import load_file
+
+        model = cls(load_lm(path))
+        if (Path(path) / VALUE_HEAD_FILE).exists():
+            model.value_head.load_state_dict(load_file(str(Path(path) / VALUE_HEAD_FILE)))
+        return model
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class PPOTrainer:
+    """Rollout, score, KL-penalised rewards, GAE, then ppo_epochs of clipped updates, one rollout per step()."""
+
+    def __init__(self, policy_model_or_path, tokenizer, reward_fn: Callable[[list, list], list], config: PPOConfig,
+                 ref_model=None):
+        torch.manual_seed(config.seed)
+        self.config, self.tokenizer, self.reward_fn = config, tokenizer, reward_fn
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        lm = load_lm(policy_model_or_path)
+        self.policy = (lm if isinstance(lm, PolicyWithValue) else PolicyWithValue(lm)).to(self.device)
+        # the reference: a frozen copy of the policy as it starts, unless one is given
+        self.ref = (load_lm(ref_model) if ref_model is not None else copy.deepcopy(self.policy.lm)).to(self.device)
+        self.ref.requires_grad_(False)
+        # eval mode throughout, training included: dropout would make the new/old logprob ratio noisy
+        self.policy.eval()
+        self.ref.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = self.policy.lm.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.eos_ids = torch.tensor(sorted(e for e in eos if e is not None), device=self.device)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
+        self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+                       if config.kl_mode == "adaptive" else FixedKLController(config.kl_coef))
+        self.shuffle = torch.Generator().manual_seed(config.seed)
+        self.history: list[dict] = []
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]):
+        """Sample one completion per prompt: ids (B, P+T), attention mask (B, P+T), P, completion mask (B, T), texts.
+
+        A prompt is text the tokenizer encodes as it is (its special tokens included): apply any chat template first.
+        """
+        ids = [x[-self.config.max_prompt_length:] for x in self.tokenizer(list(prompts))["input_ids"]]  # keep the end
+        P, pad = max(map(len, ids)), self.tokenizer.pad_token_id
+        prompt = torch.tensor([[pad] * (P - len(x)) + x for x in ids], device=self.device)  # left-padded, (B, P)
+        prompt_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        c = self.config
+        seq = self.policy.lm.generate(  # every knob explicit: the model's generation_config must not change the sampler
+            input_ids=prompt, attention_mask=prompt_mask, do_sample=True, max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, repetition_penalty=1.0, min_new_tokens=0,
+            pad_token_id=pad, eos_token_id=self.eos_ids.tolist())  # (B, P+T)
+        tokens = seq[:, P:]  # (B, T)
+        mask = completion_mask(tokens, self.eos_ids)  # (B, T)
+        attention = torch.cat([prompt_mask, mask.long()], dim=1)  # (B, P+T)
+        lengths = mask.sum(1).long().tolist()
+        texts = self.tokenizer.batch_decode([t[:n] for t, n in zip(tokens.tolist(), lengths)], skip_special_tokens=True)
+        return seq, attention, P, mask, texts
+
+    def _evaluate(self, seq, attention, P):
+        """Of the completion tokens: policy logprobs (B, T), values (B, T), entropy (B, T)."""
+        logits, values = self.policy(seq, attention)  # (B, P+T, V), (B, P+T)
+        logits = logits[:, P - 1:-1] / self.config.temperature  # logits at position i predict token i + 1
+        return logprobs_from_logits(logits, seq[:, P:]), values[:, P - 1:-1], entropy_from_logits(logits)
+
+    def _ref_logprobs(self, seq, attention, P):
+        """Reference logprobs (B, T) of the completion tokens."""
+        logits = self.ref(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
+        return logprobs_from_logits(logits[:, P - 1:-1] / self.config.temperature, seq[:, P:])
+
+    def step(self, prompts: list[str]) -> dict:
+        """One PPO iteration on one rollout of `prompts`; returns its stats."""
+        c, start = self.config, time.time()
+        seq, attention, P, mask, texts = self.rollout(prompts)
+        scores = [float(s) for s in self.reward_fn(list(prompts), texts)]
+        if len(scores) != len(texts):
+            raise ValueError(f"reward_fn returned {len(scores)} rewards for {len(texts)} completions")
+        score = torch.tensor(scores, device=self.device)  # (B,)
+        with torch.no_grad():
+            chunks = [(*self._evaluate(s, a, P), self._ref_logprobs(s, a, P))  # in mini-batches: bounded memory
+                      for s, a in zip(seq.split(c.mini_batch_size), attention.split(c.mini_batch_size))]
+            old_logprobs, old_values, entropy, ref_logprobs = (torch.cat(x) for x in zip(*chunks))  # (B, T) each
+            kl = ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item()  # nats per sequence
+            rewards = per_token_rewards(score, old_logprobs, ref_logprobs, mask, self.kl_ctl.value)
+            advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
+            if c.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        stats = []
+        for _ in range(c.ppo_epochs):
+            for idx in torch.randperm(len(seq), generator=self.shuffle).split(c.mini_batch_size):
+                idx = idx.to(self.device)
+                logprobs, values, _ = self._evaluate(seq[idx], attention[idx], P)
+                pg_loss, pg_clipfrac, approx_kl = policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx],
+                                                              c.cliprange)
+                vf_loss, vf_clipfrac = value_loss(values, old_values[idx], returns[idx], mask[idx], c.cliprange_value)
+                self.optimizer.zero_grad()
+                (pg_loss + c.vf_coef * vf_loss).backward()
+                if c.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                self.optimizer.step()
+                stats.append(torch.stack([pg_loss.detach(), vf_loss.detach(), pg_clipfrac, vf_clipfrac, approx_kl]))
+        pg_loss, vf_loss, pg_clipfrac, vf_clipfrac, approx_kl = torch.stack(stats).mean(0).tolist()
+        kl_coef = self.kl_ctl.value  # the coefficient this rollout's rewards used
+        self.kl_ctl.update(kl, len(seq))
+        return {"score": score.mean().item(), "kl": kl, "entropy": masked_mean(entropy, mask).item(),
+                "policy_loss": pg_loss, "value_loss": vf_loss, "policy_clipfrac": pg_clipfrac,
+                "value_clipfrac": vf_clipfrac, "approx_kl": approx_kl, "kl_coef": kl_coef,
+                "completion_length": mask.sum(1).mean().item(), "seconds": time.time() - start}
+
+    def train(self, prompt_list: list[str], log=print) -> list[dict]:
+        """total_steps rollouts of batch_size prompts, cycling through prompt_list; returns (and keeps) the history."""
+        if not prompt_list:
+            raise ValueError("PPO needs at least one prompt")
+        c, n = self.config, len(prompt_list)
+        for step in range(c.total_steps):
+            batch = [prompt_list[(step * c.batch_size + i) % n] for i in range(c.batch_size)]
+            stats = {"step": step + 1, **self.step(batch)}
+            self.history.append(stats)
+            if (step + 1) % c.log_every == 0 or step + 1 == c.total_steps:
+                log(f"ppo {step + 1}/{c.total_steps}: score {stats['score']:.4f}, kl {stats['kl']:.3f}, "
+                    f"kl_coef {stats['kl_coef']:.4f}, entropy {stats['entropy']:.3f}, policy_loss {stats['policy_loss']:.4f}, "
+                    f"value_loss {stats['value_loss']:.4f}, clipfrac {stats['policy_clipfrac']:.3f}")
+        return self.history
+
+    def save(self, output_dir: str) -> None:
+        """The policy (save_pretrained: loads with AutoModelForCausalLM), its value head (VALUE_HEAD_FILE), the tokenizer."""
+        from safetensors.torch import save_file
+
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        self.policy.lm.save_pretrained(output_dir)
+        save_file({k: v.contiguous().cpu() for k, v in self.policy.value_head.state_dict().items()},
+                  str(Path(output_dir) / VALUE_HEAD_FILE))
+        self.tokenizer.save_pretrained(output_dir)
+
+
+def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig, log=print) -> list[dict]:
+    """Load the model and tokenizer, train with PPO, save to config.output_dir (plus ppo_history.jsonl); the history."""
+    from transformers import AutoTokenizer
+
+    trainer = PPOTrainer(model_path, AutoTokenizer.from_pretrained(model_path), reward_fn, config)
+    log(f"ppo: {config.total_steps} rollouts of {config.batch_size} prompts ({len(prompts)} distinct), "
+        f"kl {config.kl_mode} from {config.kl_coef}, on {trainer.device}")
+    history = trainer.train(prompts, log)
+    trainer.save(config.output_dir)
+    (Path(config.output_dir) / "ppo_history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    log(f"ppo: saved the policy, value head and tokenizer to {config.output_dir}")
+    return history
