@@ -102,11 +102,11 @@ def merge_human_command(run_dir, labels, policy, weight, strict, argilla_questio
 
 
 @main.command("train")
-@click.argument("method", type=click.Choice(["sft", "reward", "dpo", "grpo", "rloo"]))
+@click.argument("method", type=click.Choice(["sft", "reward", "dpo", "grpo", "rloo", "ppo"]))
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. trl.max_steps=10.")
 def train_command(method, config, overrides):
-    """Train a model with TRL's sft, reward, dpo, grpo or rloo trainer as CONFIG says (see docs/training.md).
+    """Train a model: sft, reward, dpo, grpo, rloo (TRL) or ppo (rlaif's own), as CONFIG says (docs/training.md).
 
     CONFIG is checked whole before any weights load; the model, tokenizer and rlaif_train.json go to its output_dir.
     """

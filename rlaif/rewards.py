@@ -47,3 +47,36 @@ class JudgeScoreReward:
                 totals[owner] += score
                 counts[owner] += 1
         return [t / c if c else self.unrated for t, c in zip(totals, counts)]
+
+
+class RewardModelReward:
+    """`reward(prompts, completions) -> list[float]` from a reward model directory (`rlaif train reward` output)."""
+
+    def __init__(self, path: str, batch_size: int = 8, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "right"  # the classifier reads the last non-pad token
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+        self.batch_size = batch_size
+        self.__name__ = f"reward_model_{path}"
+
+    def _text(self, prompt, completion) -> str:
+        messages = _messages(prompt) + [{"role": "assistant", "content": _text(completion)}]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return (prompt if isinstance(prompt, str) else "") + _text(completion)
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        import torch
+
+        texts = [self._text(p, c) for p, c in zip(prompts, completions)]
+        scores: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
+                                       truncation=True, add_special_tokens=False).to(self.device)
+                scores += self.model(**batch).logits[:, 0].float().tolist()
+        return scores

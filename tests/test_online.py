@@ -77,3 +77,31 @@ def test_bad_reward_source(tmp_path, tiny_chat_model, prompts_ds, reward_yaml, p
     cfg = _config(tmp_path, "grpo", tiny_chat_model, prompts_ds, reward_yaml)
     result = CliRunner().invoke(main, ["train", "grpo", str(cfg)])
     assert result.exit_code == 2 and re.search(pattern, result.stderr), result.stderr
+
+
+def test_ppo_from_the_command_line(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(f"method: ppo\nmodel: {tiny_chat_model}\ndataset: {prompts_ds}\noutput_dir: {tmp_path / 'ppo'}\n"
+                   f"reward:\n  model: {tiny_reward_model}\n"
+                   "ppo:\n  batch_size: 4\n  mini_batch_size: 2\n  ppo_epochs: 1\n  max_new_tokens: 6\n  total_steps: 2\n  learning_rate: 1e-4\n")
+    result = CliRunner().invoke(main, ["train", "ppo", str(cfg)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ppo" / "rlaif_train.json").read_text())
+    history = record["metrics"]["history"]
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor([h["kl"], h["value_loss"], h["policy_loss"]])).all() for h in history)
+    assert (tmp_path / "ppo" / "ppo_history.jsonl").is_file()
+
+
+@pytest.mark.parametrize("block, pattern", [
+    ("ppo:\n  batch_size: 4\n  mini_batch_size: 3\n", r"ppo\.yaml:7: ppo: PPOConfig: .*mini_batch_size"),
+    ("ppo:\n  cliprang: 0.2\n", r"ppo\.yaml:8: ppo\.cliprang: PPOConfig has no field 'cliprang' \(did you mean 'cliprange'\?\)"),
+    ("trl:\n  max_steps: 2\n", r"ppo\.yaml:7: trl: ppo is rlaif's own trainer"),
+])
+def test_bad_ppo_settings(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds, block, pattern):
+    import re
+
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(f"method: ppo\nmodel: {tiny_chat_model}\ndataset: {prompts_ds}\noutput_dir: {tmp_path / 'ppo'}\n"
+                   f"reward:\n  model: {tiny_reward_model}\n" + block)
+    result = CliRunner().invoke(main, ["train", "ppo", str(cfg)])
+    assert result.exit_code == 2 and re.search(pattern, result.stderr), result.stderr

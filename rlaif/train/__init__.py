@@ -17,7 +17,7 @@ from ..templates import DEFAULT_DIR
 
 CHAT_TEMPLATE = DEFAULT_DIR / "training" / "chat_template.jinja"
 COLUMNS = {"sft": ("messages",), "reward": ("prompt", "chosen", "rejected"), "dpo": ("prompt", "chosen", "rejected"),
-           "grpo": ("prompt",), "rloo": ("prompt",)}
+           "grpo": ("prompt",), "rloo": ("prompt",), "ppo": ("prompt",)}
 
 
 def train(cfg, log=print) -> dict:
@@ -25,7 +25,8 @@ def train(cfg, log=print) -> dict:
     from . import dpo, online, reward, sft
 
     start = time.time()
-    metrics = {"sft": sft, "reward": reward, "dpo": dpo, "grpo": online, "rloo": online}[cfg.method].run(cfg, log)
+    runners = {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "grpo": online.run, "rloo": online.run, "ppo": online.run_ppo}
+    metrics = runners[cfg.method](cfg, log)
     model_id = DEFAULT_MODEL_ID if cfg.model == "default" else cfg.model  # "default" alone would not say which weights
     record = {"method": cfg.method, "model_id": model_id, "config": {k: v for k, v in asdict(cfg).items() if k != "lines"},
               "metrics": metrics, "seconds": round(time.time() - start, 1), "versions": _versions()}

@@ -17,7 +17,7 @@ from ..schema import Builder, YamlList, YamlMap, load_yaml
 from . import find_dataset
 
 SOFT_LABELS = {"sft": ("none",), "reward": ("margin", "none"), "dpo": ("none", "label_smoothing", "weight"),
-               "grpo": ("none",), "rloo": ("none",)}  # first: default
+               "grpo": ("none",), "rloo": ("none",), "ppo": ("none",)}  # first: default
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,13 @@ class TrainConfig:
 
     dataset: str  # a run directory (its prefs/ or sft/) or a datasets.save_to_disk directory
     output_dir: str
-    method: Literal["sft", "reward", "dpo", "grpo", "rloo"] | None = None  # may be left to the command line
+    method: Literal["sft", "reward", "dpo", "grpo", "rloo", "ppo"] | None = None  # may be left to the command line
     model: str = "default"  # "default" (the embedded model), a local HF directory, or a hub id
     soft_labels: Literal["none", "margin", "label_smoothing", "weight"] | None = None  # None: the method's default
     eval_fraction: float | None = None  # reward: share of pairs held out for pairwise accuracy (default 0.2)
     peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
-    reward: RewardSource | None = None  # grpo, rloo: the reward model or the AI judge
+    reward: RewardSource | None = None  # grpo, rloo, ppo: the reward model or the AI judge
+    ppo: dict[str, Any] = field(default_factory=dict)  # ppo: fields of rlaif.train.ppo.PPOConfig, one-to-one
     trl: dict[str, Any] = field(default_factory=dict)  # fields of SFTConfig / RewardConfig / DPOConfig, one-to-one
     file: str = field(default="", compare=False, metadata={"yaml": False})
     lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
@@ -70,7 +71,8 @@ def load_train_config(path: str | Path, method: str | None = None, overrides: li
         _apply_set(data, assignment)
     builder = Builder(str(path))
     cfg = builder.build(TrainConfig, data, line=1)
-    lines = {**builder.lines, **_key_lines(data.get("trl"), "trl"), **_key_lines(data.get("peft"), "peft")}
+    lines = {**builder.lines, **_key_lines(data.get("trl"), "trl"), **_key_lines(data.get("peft"), "peft"),
+             **_key_lines(data.get("ppo"), "ppo")}
     cfg = replace(cfg, file=str(path), lines=lines)
     if method and cfg.method and method != cfg.method:
         raise UserError(f"method: this file trains {cfg.method!r}; run `rlaif train {cfg.method} {path}`", *cfg.where("method"))
@@ -87,7 +89,9 @@ def load_train_config(path: str | Path, method: str | None = None, overrides: li
         errors.append(UserError(f"eval_fraction: must be within [0, 1), got {fraction}", *cfg.where("eval_fraction")))
     elif method != "reward" and fraction is not None:
         errors.append(UserError(f"eval_fraction: only reward holds out pairs, not {method}", *cfg.where("eval_fraction")))
-    trl = _check_trl(cfg, method, soft, errors)
+    trl, ppo = (_check_trl(cfg, method, soft, errors), cfg.ppo) if method != "ppo" else ({}, _check_ppo(cfg, errors))
+    if method != "ppo" and cfg.ppo:
+        errors.append(UserError(f"ppo: only method ppo reads the ppo block, not {method}", *cfg.where("ppo")))
     if cfg.peft is not None:
         try:
             from peft import LoraConfig
@@ -100,7 +104,7 @@ def load_train_config(path: str | Path, method: str | None = None, overrides: li
     dataset = _collect(errors, find_dataset, cfg, method)
     if errors:
         raise UserErrors(errors) if len(errors) > 1 else errors[0]
-    return replace(cfg, method=method, soft_labels=soft, eval_fraction=fraction, trl=trl, dataset=dataset)
+    return replace(cfg, method=method, soft_labels=soft, eval_fraction=fraction, trl=trl, ppo=ppo, dataset=dataset)
 
 
 def _key_lines(node, prefix: str) -> dict:
@@ -179,9 +183,9 @@ def _collect(errors: list, check, *args):
 def _check_reward(cfg: TrainConfig, method: str) -> None:
     """grpo and rloo need exactly one reward source, and it must exist; other methods take none."""
     r = cfg.reward
-    if method not in ("grpo", "rloo"):
+    if method not in ("grpo", "rloo", "ppo"):
         if r is not None:
-            raise UserError(f"reward: only grpo and rloo take a reward source, not {method}", *cfg.where("reward"))
+            raise UserError(f"reward: only grpo, rloo and ppo take a reward source, not {method}", *cfg.where("reward"))
         return
     if r is None or (r.model is None) == (r.judge is None):
         raise UserError(f"reward: {method} needs exactly one of reward.model (a reward model directory) or reward.judge",
@@ -196,3 +200,29 @@ def _check_reward(cfg: TrainConfig, method: str) -> None:
     for p in constitution.principles:
         if not p.comparison:
             raise UserError(f"principle {p.name!r} has no `comparison` question, which the judge reward needs", constitution.path, p.line)
+
+
+def _check_ppo(cfg: TrainConfig, errors: list) -> dict:
+    """PPO has its own config (rlaif.train.ppo.PPOConfig), given in the `ppo` block; `trl` must stay empty."""
+    from .ppo import PPOConfig
+
+    if cfg.trl:
+        errors.append(UserError("trl: ppo is rlaif's own trainer; put its settings in the `ppo` block", *cfg.where("trl")))
+    fields = _unknown_keys(cfg, "ppo", PPOConfig, errors)
+    hints = typing.get_type_hints(PPOConfig)  # its annotations are strings (postponed evaluation)
+    values = {k: _collect(errors, _scalar_or_error, cfg, k, hints[k], v) for k, v in cfg.ppo.items() if k in fields}
+    if "output_dir" in values:
+        errors.append(UserError("ppo.output_dir: set output_dir at the top level of the file", *cfg.where("ppo.output_dir")))
+    else:
+        try:
+            PPOConfig(**values, output_dir=cfg.output_dir)
+        except (TypeError, ValueError) as e:
+            errors.append(UserError(f"ppo: {e}", *cfg.where("ppo")))
+    return values
+
+
+def _scalar_or_error(cfg: TrainConfig, key: str, tp, value):
+    try:
+        return _scalar(tp, value)
+    except ValueError as e:
+        raise UserError(f"ppo.{key}: {e}", *cfg.where(f"ppo.{key}")) from None

@@ -8,9 +8,13 @@ from ..config import ModelConfig, resolve_path
 from . import lora_config, load_tokenizer, trl_args
 
 
-def reward_function(cfg, log):
+def reward_function(cfg, log, as_callable: bool = False):
     """A reward model directory (TRL loads it as a sequence classifier), or rlaif's judge score as a callable."""
     if cfg.reward.model is not None:
+        if as_callable:  # rlaif's own PPO takes any batched callable
+            from ..rewards import RewardModelReward
+
+            return RewardModelReward(cfg.reward.model), None
         return cfg.reward.model, None
     from ..constitution import load_constitution
     from ..models import ModelPool
@@ -65,4 +69,27 @@ def run(cfg, log) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
     keep = ("loss", "reward", "reward_std", "kl", "entropy", "completions/mean_length")
     return {"prompts": len(dataset), "steps": result.global_step, "train_loss": result.training_loss,
+            "history": [{k: h[k] for k in keep if k in h} for h in history]}
+
+
+def run_ppo(cfg, log) -> dict:
+    """rlaif's own PPO (rlaif.train.ppo) on the dataset's distinct prompts, rendered with the chat template."""
+    import datasets
+
+    from ..models import resolve_model
+    from .ppo import PPOConfig, train_ppo
+
+    path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(path, log)
+    dataset = _prompts(datasets.load_from_disk(cfg.dataset))
+    prompts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+               for p in dataset["prompt"]]
+    reward, pool = reward_function(cfg, log, as_callable=True)
+    try:
+        history = train_ppo(path, prompts, reward, PPOConfig(**cfg.ppo, output_dir=cfg.output_dir), log)
+    finally:
+        if pool is not None:
+            pool.close()
+    keep = ("score", "kl", "entropy", "policy_clipfrac", "value_loss", "policy_loss", "kl_coef")
+    return {"prompts": len(prompts), "steps": len(history), "train_loss": history[-1]["policy_loss"] if history else float("nan"),
             "history": [{k: h[k] for k in keep if k in h} for h in history]}
