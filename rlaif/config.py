@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -119,10 +119,20 @@ class ScoreConfig:
 class Stages:
     """Which stages run; a stage runs when its key is present (`respond: {}` takes the defaults)."""
 
+    TRAINING = ("sft", "reward", "dpo", "grpo", "rloo", "ppo")
+
     respond: RespondConfig | None = None
     critique: CritiqueConfig | None = None
     judge: JudgeConfig | None = None
     score: ScoreConfig | None = None
+    # training stages, run after the datasets are written, in this order; each block takes the keys of a
+    # training file (docs/training.md) with dataset = this run, output_dir = <run>/<method>, model = the policy's
+    sft: dict[str, Any] | None = None
+    reward: dict[str, Any] | None = None
+    dpo: dict[str, Any] | None = None
+    grpo: dict[str, Any] | None = None
+    rloo: dict[str, Any] | None = None
+    ppo: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import __version__
 from .config import Pipeline
 from .constitution import Constitution, load_constitution
-from .errors import UserError
+from .errors import UserError, UserErrors
 from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, with_pair_ids, write_dataset
 from .judge_stats import judge_stats, print_judge_stats
 from .inputs import Prompt, load_prompts
@@ -71,13 +71,15 @@ def plan(pipeline: Pipeline) -> Plan:
         _check_judge(pipeline, constitution)
     if pipeline.stages.score:
         _check_comparisons(constitution, pipeline.stages.score.principles, "score", pipeline)
+    run_dir = Path(pipeline.output or Path("outputs") / pipeline.name)
+    for method in training_stages(pipeline):  # checked now, though their dataset is made by this run
+        training_config(pipeline, run_dir, method, check_dataset=False)
     templates = Templates(pipeline.templates)
     dry_render(templates, constitution)
     prompts = load_prompts(pipeline.prompts, pipeline.limit)
     roles = [(role, cfg) for role, cfg in vars(pipeline.models).items() if cfg is not None]
     for role, cfg in roles:
         check_model(cfg, pipeline, f"models.{role}")
-    run_dir = Path(pipeline.output or Path("outputs") / pipeline.name)
     return Plan(pipeline, constitution, templates, prompts, run_dir)
 
 
@@ -117,6 +119,57 @@ def _check_comparisons(constitution: Constitution, names: tuple[str, ...], stage
     for p in constitution.principles:
         if (not names or p.name in names) and not p.comparison:
             raise UserError(f"principle {p.name!r} has no `comparison` question, which stage {stage} needs", constitution.path, p.line)
+
+
+def training_stages(pipeline: Pipeline) -> list[str]:
+    """The training stages the pipeline asks for, in the order they run."""
+    return [m for m in pipeline.stages.TRAINING if getattr(pipeline.stages, m) is not None]
+
+
+def training_config(pipeline: Pipeline, run_dir: Path, method: str, check_dataset: bool = True):
+    """A training stage's block as a TrainConfig: this run's datasets, <run>/<method>, the policy's model by default."""
+    from .schema import YamlMap
+    from .train.config import train_config_from_data
+
+    block = getattr(pipeline.stages, method)
+    data = YamlMap(block)
+    data.line, data.key_lines = pipeline.where(f"stages.{method}")[1], dict(getattr(block, "key_lines", {}))
+    data.setdefault("dataset", str(run_dir))
+    data.setdefault("output_dir", str(run_dir / method))
+    data.setdefault("model", pipeline.models.policy.model if pipeline.models.policy.backend != "openai" else "default")
+    try:
+        return train_config_from_data(data, pipeline.file, method, check_dataset)
+    except UserErrors as e:  # say which stage each problem is in
+        raise UserErrors([UserError(f"stages.{method}: {x.message}", x.file, x.line) for x in e.errors]) from None
+    except UserError as e:
+        raise UserError(f"stages.{method}: {e.message}", e.file, e.line) from None
+
+
+def run_training(p: Plan, reporter) -> dict:
+    """Train what the pipeline's training stages ask for; a stage whose config and data did not change is skipped."""
+    from .train import train
+
+    results = {}
+    for method in training_stages(p.pipeline):
+        cfg = training_config(p.pipeline, p.run_dir, method)
+        done = Path(cfg.output_dir) / "rlaif_train.json"
+        settings = {k: v for k, v in asdict(cfg).items() if k not in ("lines", "file")}
+        stamp = {"config": json.loads(json.dumps(settings, default=str)), "data": _fingerprint(cfg.dataset)}
+        if done.is_file() and json.loads(done.read_text()).get("stamp") == stamp:
+            reporter.print(f"{method}: unchanged since the last run, skipped ({cfg.output_dir})")
+            results[method] = json.loads(done.read_text())["metrics"] | {"skipped": True}
+            continue
+        reporter.print(f"{method}: training on {cfg.dataset} -> {cfg.output_dir}")
+        results[method] = train(cfg, log=reporter.print)
+        record = json.loads(done.read_text())
+        _write_json(done, record | {"stamp": stamp})
+    return results
+
+
+def _fingerprint(dataset_dir: str) -> str:
+    """The saved dataset's own fingerprint (datasets writes it in state.json)."""
+    state = Path(dataset_dir) / "state.json"
+    return json.loads(state.read_text()).get("_fingerprint", "") if state.is_file() else ""
 
 
 def _versions() -> dict:
@@ -233,4 +286,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
                         "records": {s: store.count(s) for s in ("respond", "critique", "judge", "score")}})
     _write_json(run_dir / "run.json", info)
     store.close()
+    if training_stages(pipeline):
+        info["counts"]["train"] = run_training(p, reporter)
+        _write_json(run_dir / "run.json", info)
     return info

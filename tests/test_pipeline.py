@@ -86,3 +86,28 @@ def test_judge_with_real_logprobs(workdir, model, request):
     kinds = set(prefs["pair_type"])
     assert kinds <= {"samples", "revision"} and len(prefs) > 0
     assert all(0.5 <= p <= 1 for p in prefs["p_chosen"]) and all(m == pytest.approx(2 * p - 1) for p, m in zip(prefs["p_chosen"], prefs["margin"]))
+
+
+def test_pipeline_ends_with_a_dpo_stage(workdir, tiny_chat_model):
+    """One pipeline file from constitution to trained model; a rerun with nothing changed skips the training."""
+    stages = ("stages:\n  respond: {n: 2, max_tokens: 8}\n  critique: {rounds: 1, max_tokens: 8}\n"
+              "  dpo:\n    trl: {max_steps: 2, per_device_train_batch_size: 2, max_length: 64, logging_steps: 1}\n")
+    pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, stages=stages, limit=4, drop_degenerate="false")
+    result = _run("run", pipe)
+    assert result.exit_code == 0, result.output
+    run_dir = workdir / "outputs" / "test"
+    record = json.loads((run_dir / "dpo" / "rlaif_train.json").read_text())
+    assert record["metrics"]["steps"] == 2 and record["stamp"]["data"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["counts"]["train"]["dpo"]["steps"] == 2
+    result = _run("run", pipe)
+    assert "dpo: unchanged since the last run, skipped" in result.output
+
+
+def test_bad_training_stage_is_caught_before_generation(workdir, tiny_chat_model):
+    stages = "stages:\n  respond: {n: 2}\n  dpo:\n    trl: {max_stepz: 2}\n"
+    pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, stages=stages)
+    result = CliRunner().invoke(main, ["run", str(pipe)])
+    assert result.exit_code == 2
+    assert "p.yaml:11: stages.dpo: trl.max_stepz: DPOConfig has no field 'max_stepz' (did you mean 'max_steps'?)" in result.stderr
+    assert not (workdir / "outputs" / "test" / "records.sqlite").exists()

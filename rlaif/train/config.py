@@ -69,6 +69,11 @@ def load_train_config(path: str | Path, method: str | None = None, overrides: li
     data = load_yaml(path, "training file")
     for assignment in overrides:
         _apply_set(data, assignment)
+    return train_config_from_data(data, str(path), method)
+
+
+def train_config_from_data(data: YamlMap, path: str, method: str | None, check_dataset: bool = True) -> TrainConfig:
+    """Validate a training block (a training file, or a training stage of a pipeline file: lines are the file's)."""
     builder = Builder(str(path))
     cfg = builder.build(TrainConfig, data, line=1)
     lines = {**builder.lines, **_key_lines(data.get("trl"), "trl"), **_key_lines(data.get("peft"), "peft"),
@@ -101,7 +106,7 @@ def load_train_config(path: str | Path, method: str | None = None, overrides: li
             _unknown_keys(cfg, "peft", LoraConfig, errors)
     _collect(errors, check_model_path, cfg.model, *cfg.where("model"))
     _collect(errors, _check_reward, cfg, method)
-    dataset = _collect(errors, find_dataset, cfg, method)
+    dataset = _collect(errors, find_dataset, cfg, method) if check_dataset else cfg.dataset
     if errors:
         raise UserErrors(errors) if len(errors) > 1 else errors[0]
     return replace(cfg, method=method, soft_labels=soft, eval_fraction=fraction, trl=trl, ppo=ppo, dataset=dataset)
