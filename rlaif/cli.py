@@ -54,6 +54,8 @@ def run(pipeline, constitution, prompts, limit, output, overrides):
     click.echo(f"run directory: {p.run_dir}")
     for name, rows in (("sft", c["sft_rows"]), ("prefs", c["pref_rows"])):
         click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
+    for method, m in c.get("train", {}).items():
+        click.echo(f"  {method:<6}{m['steps']:>5} steps {p.run_dir / method}/  (train loss {m['train_loss']:.4f})")
 
 
 @main.command("export")
