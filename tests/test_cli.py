@@ -31,7 +31,7 @@ def test_python_m_rlaif_train_entry_point():
     import sys
 
     out = subprocess.run([sys.executable, "-m", "rlaif.train", "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "{sft|reward|dpo|grpo|rloo}" in out.stdout
+    assert out.returncode == 0 and "{sft|reward|dpo|grpo|rloo|ppo}" in out.stdout
 
 
 def test_accelerate_configs_load():
