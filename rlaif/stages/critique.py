@@ -43,9 +43,7 @@ def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueC
     stop = cfg.stop if cfg.stop is not None else (COMPLETION_STOP if fmt == "completion" else ())
     settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": list(stop)}
     template = ctx.templates.sha256(*TEMPLATES[fmt])
-    pool = ctx.constitution
-    if cfg.principles:
-        pool = replace(pool, principles=tuple(pool.principle(name) for name in cfg.principles))
+    pool = ctx.constitution.restricted(cfg.principles)
     few_shot = [list(e.values()) for e in few_shot_examples(ctx, None)] if fmt == "completion" else []
     base = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=tuple(stop))
 

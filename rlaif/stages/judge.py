@@ -11,7 +11,7 @@ import itertools
 import math
 import random
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..backends.base import LogprobsUnavailable, Request, Sampling
 from ..config import COMPLETION_STOP, JudgeConfig
@@ -156,9 +156,7 @@ def judge(ctx: StageContext, generator, comparisons: list[Comparison], cfg: Judg
     """One record per (comparison, principle): p for each order, the soft label, agreement, raw text."""
     fmt = prompt_format(format_setting, generator)
     template = ctx.templates.sha256(TEMPLATES[fmt])
-    pool = ctx.constitution
-    if cfg.principles:
-        pool = replace(pool, principles=tuple(pool.principle(n) for n in cfg.principles))
+    pool = ctx.constitution.restricted(cfg.principles)
     settings = {"both_orders": cfg.both_orders, "cot": cfg.chain_of_thought, "cot_max_tokens": cfg.cot_max_tokens,
                 "clamp": list(cfg.cot_clamp or ()), "method": cfg.method, "max_tokens": cfg.max_tokens}
     plan = []

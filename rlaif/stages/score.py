@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from ..backends.base import Request, Sampling
 from ..config import ScoreConfig
@@ -55,9 +54,7 @@ def score(ctx: StageContext, generator, targets: list[dict], cfg: ScoreConfig, f
     """One record per (target, principle): the mean rating and its distribution. Targets: key, text, messages."""
     fmt = prompt_format(format_setting, generator)
     template = ctx.templates.sha256(TEMPLATES[fmt])
-    pool = ctx.constitution
-    if cfg.principles:
-        pool = replace(pool, principles=tuple(pool.principle(n) for n in cfg.principles))
+    pool = ctx.constitution.restricted(cfg.principles)
     plan = []
     for t in targets:
         for p in draw_principles(pool, ctx.seed, t["key"] + ":score", cfg.principles_per_item):

@@ -128,12 +128,6 @@ def _linear_names(model) -> str:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from ..pipeline import _versions as versions
 
-    out = {}
-    for pkg in ("rlaif", "torch", "transformers", "datasets", "trl", "peft"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return versions()
