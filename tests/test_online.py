@@ -105,3 +105,21 @@ def test_bad_ppo_settings(tmp_path, tiny_chat_model, tiny_reward_model, prompts_
                    f"reward:\n  model: {tiny_reward_model}\n" + block)
     result = CliRunner().invoke(main, ["train", "ppo", str(cfg)])
     assert result.exit_code == 2 and re.search(pattern, result.stderr), result.stderr
+
+
+def test_ppo_with_lora(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
+    """LoRA: only the adapters and the value head train; the reference is the model with adapters off."""
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(f"method: ppo\nmodel: {tiny_chat_model}\ndataset: {prompts_ds}\noutput_dir: {tmp_path / 'ppo'}\n"
+                   f"reward:\n  model: {tiny_reward_model}\npeft:\n  r: 4\n  lora_alpha: 8\n  target_modules: [q_proj, v_proj]\n"
+                   "ppo:\n  batch_size: 4\n  mini_batch_size: 2\n  ppo_epochs: 1\n  max_new_tokens: 6\n  total_steps: 2\n  learning_rate: 1e-3\n")
+    result = CliRunner().invoke(main, ["train", "ppo", str(cfg)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ppo" / "adapter_config.json").is_file() and (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "ppo")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: it moved
+    history = json.loads((tmp_path / "ppo" / "rlaif_train.json").read_text())["metrics"]["history"]
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["kl"])) for h in history)

@@ -84,9 +84,12 @@ def run_ppo(cfg, log) -> dict:
     dataset = _prompts(datasets.load_from_disk(cfg.dataset))
     prompts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                for p in dataset["prompt"]]
+    from transformers import AutoModelForCausalLM
+
+    peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")
     reward, pool = reward_function(cfg, log, as_callable=True)
-    try:
-        history = train_ppo(path, prompts, reward, PPOConfig(**cfg.ppo, output_dir=cfg.output_dir), log)
+    try:  # the tokenizer that rendered the prompts is saved with the policy
+        history = train_ppo(path, prompts, reward, PPOConfig(**cfg.ppo, output_dir=cfg.output_dir), log, peft_config, tokenizer)
     finally:
         if pool is not None:
             pool.close()

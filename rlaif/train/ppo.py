@@ -235,24 +235,32 @@ class PPOTrainer:
     """Rollout, score, KL-penalised rewards, GAE, then ppo_epochs of clipped updates, one rollout per step()."""
 
     def __init__(self, policy_model_or_path, tokenizer, reward_fn: Callable[[list, list], list], config: PPOConfig,
-                 ref_model=None):
+                 ref_model=None, peft_config=None):
         torch.manual_seed(config.seed)
         self.config, self.tokenizer, self.reward_fn = config, tokenizer, reward_fn
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         lm = load_lm(policy_model_or_path)
+        if peft_config is not None:  # LoRA: only the adapters (and the value head) train
+            from peft import get_peft_model
+
+            lm = get_peft_model(lm, peft_config)
         self.policy = (lm if isinstance(lm, PolicyWithValue) else PolicyWithValue(lm)).to(self.device)
-        # the reference: a frozen copy of the policy as it starts, unless one is given
-        self.ref = (load_lm(ref_model) if ref_model is not None else copy.deepcopy(self.policy.lm)).to(self.device)
-        self.ref.requires_grad_(False)
+        # the reference: a frozen copy of the policy as it starts, unless one is given; with LoRA, the same
+        # model with its adapters switched off (no second copy of the weights)
+        self.ref = None
+        if ref_model is not None or peft_config is None:
+            self.ref = (load_lm(ref_model) if ref_model is not None else copy.deepcopy(self.policy.lm)).to(self.device)
+            self.ref.requires_grad_(False)
+            self.ref.eval()
         # eval mode throughout, training included: dropout would make the new/old logprob ratio noisy
         self.policy.eval()
-        self.ref.eval()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         eos = self.policy.lm.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.eos_ids = torch.tensor(sorted(e for e in eos if e is not None), device=self.device)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                        if config.kl_mode == "adaptive" else FixedKLController(config.kl_coef))
         self.shuffle = torch.Generator().manual_seed(config.seed)
@@ -288,7 +296,11 @@ class PPOTrainer:
 
     def _ref_logprobs(self, seq, attention, P):
         """Reference logprobs (B, T) of the completion tokens."""
-        logits = self.ref(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
+        if self.ref is None:
+            with torch.no_grad(), self.policy.lm.disable_adapter():
+                logits = self.policy.lm(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
+        else:
+            logits = self.ref(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
         return logprobs_from_logits(logits[:, P - 1:-1] / self.config.temperature, seq[:, P:])
 
     def step(self, prompts: list[str]) -> dict:
@@ -356,11 +368,13 @@ class PPOTrainer:
         self.tokenizer.save_pretrained(output_dir)
 
 
-def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig, log=print) -> list[dict]:
+def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig, log=print, peft_config=None,
+              tokenizer=None) -> list[dict]:
     """Load the model and tokenizer, train with PPO, save to config.output_dir (plus ppo_history.jsonl); the history."""
     from transformers import AutoTokenizer
 
-    trainer = PPOTrainer(model_path, AutoTokenizer.from_pretrained(model_path), reward_fn, config)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
+    trainer = PPOTrainer(model_path, tokenizer, reward_fn, config, peft_config=peft_config)
     log(f"ppo: {config.total_steps} rollouts of {config.batch_size} prompts ({len(prompts)} distinct), "
         f"kl {config.kl_mode} from {config.kl_coef}, on {trainer.device}")
     history = trainer.train(prompts, log)
