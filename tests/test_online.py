@@ -79,11 +79,19 @@ def test_bad_reward_source(tmp_path, tiny_chat_model, prompts_ds, reward_yaml, p
     assert result.exit_code == 2 and re.search(pattern, result.stderr), result.stderr
 
 
-def test_ppo_from_the_command_line(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
+PPO_RUN = "ppo:\n  batch_size: 4\n  mini_batch_size: 2\n  ppo_epochs: 1\n  max_new_tokens: 6\n  total_steps: 2\n"
+
+
+def _ppo_config(tmp_path, model, dataset, reward_model, rest: str):
+    """A ppo training file (lines 1-6: method, model, dataset, output_dir, reward) followed by `rest`."""
     cfg = tmp_path / "ppo.yaml"
-    cfg.write_text(f"method: ppo\nmodel: {tiny_chat_model}\ndataset: {prompts_ds}\noutput_dir: {tmp_path / 'ppo'}\n"
-                   f"reward:\n  model: {tiny_reward_model}\n"
-                   "ppo:\n  batch_size: 4\n  mini_batch_size: 2\n  ppo_epochs: 1\n  max_new_tokens: 6\n  total_steps: 2\n  learning_rate: 1e-4\n")
+    cfg.write_text(f"method: ppo\nmodel: {model}\ndataset: {dataset}\noutput_dir: {tmp_path / 'ppo'}\n"
+                   f"reward:\n  model: {reward_model}\n" + rest)
+    return cfg
+
+
+def test_ppo_from_the_command_line(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
+    cfg = _ppo_config(tmp_path, tiny_chat_model, prompts_ds, tiny_reward_model, PPO_RUN + "  learning_rate: 1e-4\n")
     result = CliRunner().invoke(main, ["train", "ppo", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "ppo" / "rlaif_train.json").read_text())
@@ -100,19 +108,15 @@ def test_ppo_from_the_command_line(tmp_path, tiny_chat_model, tiny_reward_model,
 def test_bad_ppo_settings(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds, block, pattern):
     import re
 
-    cfg = tmp_path / "ppo.yaml"
-    cfg.write_text(f"method: ppo\nmodel: {tiny_chat_model}\ndataset: {prompts_ds}\noutput_dir: {tmp_path / 'ppo'}\n"
-                   f"reward:\n  model: {tiny_reward_model}\n" + block)
+    cfg = _ppo_config(tmp_path, tiny_chat_model, prompts_ds, tiny_reward_model, block)
     result = CliRunner().invoke(main, ["train", "ppo", str(cfg)])
     assert result.exit_code == 2 and re.search(pattern, result.stderr), result.stderr
 
 
 def test_ppo_with_lora(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
     """LoRA: only the adapters and the value head train; the reference is the model with adapters off."""
-    cfg = tmp_path / "ppo.yaml"
-    cfg.write_text(f"method: ppo\nmodel: {tiny_chat_model}\ndataset: {prompts_ds}\noutput_dir: {tmp_path / 'ppo'}\n"
-                   f"reward:\n  model: {tiny_reward_model}\npeft:\n  r: 4\n  lora_alpha: 8\n  target_modules: [q_proj, v_proj]\n"
-                   "ppo:\n  batch_size: 4\n  mini_batch_size: 2\n  ppo_epochs: 1\n  max_new_tokens: 6\n  total_steps: 2\n  learning_rate: 1e-3\n")
+    cfg = _ppo_config(tmp_path, tiny_chat_model, prompts_ds, tiny_reward_model,
+                      "peft:\n  r: 4\n  lora_alpha: 8\n  target_modules: [q_proj, v_proj]\n" + PPO_RUN + "  learning_rate: 1e-3\n")
     result = CliRunner().invoke(main, ["train", "ppo", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ppo" / "adapter_config.json").is_file() and (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
