@@ -136,6 +136,27 @@ class Stages:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Where local engines run: in this process, or as `replicas` Ray actors (docs/scaling.md)."""
+
+    engine: Literal["inprocess", "ray"] = "inprocess"
+    address: str | None = None  # ray: "auto" (the cluster `ray start` made on this node) or HOST:PORT; None: a local Ray
+    replicas: int = 1  # ray: engines of each model, one Ray actor each; requests are split evenly between them
+    tensor_parallel: int = 1  # ray + vllm: GPUs per replica (vLLM tensor_parallel_size)
+    num_cpus_per_replica: float | None = None  # ray: None: 1 on a GPU cluster, else the cluster's CPUs / replicas
+
+    def __post_init__(self):
+        _positive(replicas=self.replicas, tensor_parallel=self.tensor_parallel)
+        if self.num_cpus_per_replica is not None and self.num_cpus_per_replica <= 0:
+            raise ValueError(f"num_cpus_per_replica must be > 0, got {self.num_cpus_per_replica}")
+        if self.engine == "inprocess":
+            changed = [k for k in ("address", "replicas", "tensor_parallel", "num_cpus_per_replica")
+                       if getattr(self, k) != getattr(ScaleConfig, k)]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} need engine: ray (the in-process engine is one replica)")
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A pipeline file: inputs, models, stages and where the run directory goes."""
 
@@ -144,6 +165,7 @@ class Pipeline:
     prompts: str
     stages: Stages
     models: Models = field(default_factory=Models)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     seed: int = 0
     limit: int | None = None  # use only the first N prompts
     output: str | None = None  # run directory; default outputs/<name>

@@ -59,40 +59,60 @@ def resolve_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
-class ModelPool:
-    """One engine per distinct model config: two roles on the same model share it."""
+def load_engine(cfg: ModelConfig, seed: int = 0, tensor_parallel: int = 1):
+    """Build the local engine (vllm or hf) a model config asks for; Ray replicas call this too."""
+    path = resolve_model(cfg.model)
+    if cfg.backend == "hf":
+        from .backends.hf import HFGenerator
 
-    def __init__(self, seed: int = 0):
+        engine = HFGenerator(path, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    else:
+        from .backends.vllm import VLLMGenerator
+
+        extra = {} if cfg.enforce_eager is None else {"enforce_eager": cfg.enforce_eager}
+        if tensor_parallel > 1:
+            extra["tensor_parallel_size"] = tensor_parallel
+        engine = VLLMGenerator(path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, kv_cache_gb=cfg.kv_cache_gb,
+                               seed=seed, **extra)
+    if cfg.model == "default":
+        engine.model_id = DEFAULT_MODEL_ID
+    return engine
+
+
+class ModelPool:
+    """One engine per distinct model config: two roles on the same model share it.
+
+    With a Ray `cluster` (rlaif.scale.ray), local engines become replica sets on the cluster; one model's
+    replicas hold the cluster at a time, so switching models closes the previous set.
+    """
+
+    def __init__(self, seed: int = 0, cluster=None):
         self.seed = seed
+        self.cluster = cluster
         self.engines: dict[ModelConfig, object] = {}
 
     def get(self, cfg: ModelConfig):
         """The generator for `cfg`, loading it on first use."""
-        if cfg not in self.engines:
-            path = resolve_model(cfg.model) if cfg.backend != "openai" else cfg.model
-            if cfg.backend == "openai":
-                from .backends.openai import OpenAIGenerator
+        if cfg in self.engines:
+            return self.engines[cfg]
+        if cfg.backend == "openai":
+            from .backends.openai import OpenAIGenerator
 
-                key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None  # read here, never stored on disk
-                self.engines[cfg] = OpenAIGenerator(cfg.model, cfg.base_url, api_key=key, max_concurrency=cfg.max_concurrency,
-                                                    timeout=cfg.request_timeout, max_retries=cfg.max_retries)
-                return self.engines[cfg]
-            if cfg.backend == "hf":
-                from .backends.hf import HFGenerator
-
-                self.engines[cfg] = HFGenerator(path, dtype=cfg.dtype, batch_size=cfg.batch_size)
-            else:
-                from .backends.vllm import VLLMGenerator
-
-                extra = {} if cfg.enforce_eager is None else {"enforce_eager": cfg.enforce_eager}
-                self.engines[cfg] = VLLMGenerator(path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                                                  kv_cache_gb=cfg.kv_cache_gb, seed=self.seed, **extra)
-            if cfg.model == "default":
-                self.engines[cfg].model_id = DEFAULT_MODEL_ID
+            key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None  # read here, never stored on disk
+            self.engines[cfg] = OpenAIGenerator(cfg.model, cfg.base_url, api_key=key, max_concurrency=cfg.max_concurrency,
+                                                timeout=cfg.request_timeout, max_retries=cfg.max_retries)
+        elif self.cluster is not None:
+            for other in [c for c in self.engines if c.backend != "openai"]:
+                self.engines.pop(other).close()  # its replicas hold the CPUs/GPUs the next model's need
+            self.engines[cfg] = self.cluster.generator(cfg, self.seed)
+        else:
+            self.engines[cfg] = load_engine(cfg, self.seed)
         return self.engines[cfg]
 
     def close(self) -> None:
-        """Shut every engine down."""
+        """Shut every engine down (and disconnect from the Ray cluster, if any)."""
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        if self.cluster is not None:
+            self.cluster.close()

