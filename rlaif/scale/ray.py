@@ -154,6 +154,8 @@ class Cluster:
                             "or leave address out for a local Ray)", *self.where("scale.address"))
         self.owned = not ray.is_initialized()  # a caller that connected already keeps its connection
         if self.owned:
+            if address is None:  # Ray nices its workers to 15; here they do the run's work, as the in-process engine would
+                os.environ.setdefault("RAY_worker_niceness", "0")
             try:
                 ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             except ConnectionError as e:
@@ -165,6 +167,9 @@ class Cluster:
     def resources(self, cfg: ModelConfig) -> tuple[float, float]:
         """CPUs and GPUs per replica of `cfg`; fails now if the cluster cannot hold every replica."""
         s = self.scale
+        if s.tensor_parallel > 1 and not self.gpus:
+            raise UserError("scale.tensor_parallel: the Ray cluster has no GPUs (tensor parallelism splits a model over GPUs)",
+                            *self.where("scale.tensor_parallel"))
         num_gpus = s.tensor_parallel if self.gpus and cfg.backend == "vllm" else 0
         num_cpus = s.num_cpus_per_replica or (1 if num_gpus else max(1, math.floor(self.cpus / s.replicas)))
         if s.replicas * num_gpus > self.gpus or s.replicas * num_cpus > self.cpus:
