@@ -1,10 +1,11 @@
 """Generation across N engine replicas on a Ray cluster, behind the same Generator seam.
 
 Each replica is a long-lived Ray actor that builds its engine (vllm, or hf for tiny models) once, from the same
-ModelConfig as the in-process path, and keeps it for every chunk and stage of the run. A batch of requests is split
-into one contiguous shard per replica (actor calls gathered with ray.wait); completions come back to the driver in request order,
-and the stages commit them to the run's store exactly as in-process, so keys, resume and provenance do not change.
-Not Ray Data: a Dataset pipeline per chunk would create (and load) its actors again for every chunk.
+ModelConfig as the in-process path, and keeps it for every chunk and stage of the run. A batch of requests is
+split into one contiguous shard per replica (actor calls gathered with ray.wait); completions come back to the
+driver in request order, and the stages commit them to the run's store exactly as in-process, so keys, resume and
+provenance do not change. Not Ray Data: a Dataset execution per committed chunk would start (and load) its actors
+again for every chunk. docs/scaling.md has the why and the numbers.
 """
 
 from __future__ import annotations

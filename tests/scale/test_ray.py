@@ -92,6 +92,23 @@ def test_pipeline_on_ray_writes_the_same_records(local_ray, workdir, tiny_base_m
     assert run["status"] == "complete" and run["config"]["scale"]["replicas"] == 2
 
 
+def test_replicas_that_do_not_fit_the_cluster(local_ray, workdir, tiny_chat_model, monkeypatch):
+    from rlaif import models
+
+    from ..test_bad_input import assert_one_line, run_cli
+
+    monkeypatch.setattr(models, "load_engine", lambda *a, **k: pytest.fail("a model was loaded"))
+    pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, scale="{engine: ray, replicas: 3, num_cpus_per_replica: 1}")
+    code, err = run_cli("run", pipe)
+    assert code == 2
+    assert_one_line(err, r"p\.yaml:\d+: scale: 3 replicas x \(1 CPU, 0 GPU\) do not fit the cluster \(2 CPU, 0 GPU\)")
+    pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, scale="{engine: ray, tensor_parallel: 2}")
+    pipe.write_text(pipe.read_text().replace("backend: hf", "backend: vllm"))  # only vllm has tensor parallelism
+    code, err = run_cli("run", pipe)
+    assert code == 2
+    assert_one_line(err, r"p\.yaml:\d+: scale\.tensor_parallel: the Ray cluster has no GPUs")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
