@@ -171,3 +171,8 @@ def prepare(force):
 
 if __name__ == "__main__":
     main()
+
+
+from .evaluate.commands import eval_group  # noqa: E402  (the eval commands live with the evaluation code)
+
+main.add_command(eval_group)

@@ -1,0 +1,1 @@
+"""Evaluation: does the aligned model get better, and can the AI feedback be trusted."""
