@@ -10,6 +10,27 @@ from .stats import wilson_ci
 from .winrate import _write
 
 
+def _read_jsonl(path: Path):
+    """TRL-style pair rows from a JSONL file; a bad line is an error naming its line."""
+    import datasets
+
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"not valid JSON ({e.msg})", str(path), n) from None
+        missing = [c for c in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or c not in row]
+        if missing:
+            raise UserError(f"pair has no {', '.join(missing)}", str(path), n)
+        rows.append(row)
+    if not rows:
+        raise UserError("no pairs in the file", str(path))
+    return datasets.Dataset.from_list(rows)
+
+
 def load_pairs(path: str):
     """Preference pairs from a run directory (its prefs/), a saved dataset, or a JSONL file of TRL rows."""
     import datasets
@@ -19,10 +40,12 @@ def load_pairs(path: str):
         p = p / "prefs"
     if not p.exists():
         raise UserError(f"pairs: {path!r} not found")
+    if p.is_file():
+        return _read_jsonl(p)
     try:
-        ds = datasets.load_dataset("json", data_files=str(p), split="train") if p.is_file() else datasets.load_from_disk(str(p))
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(f"pairs: {path!r} is not a run directory, saved dataset or JSONL file ({str(e).splitlines()[0]})") from None
+        ds = datasets.load_from_disk(str(p))
+    except FileNotFoundError:
+        raise UserError(f"pairs: {path!r} is neither a run directory nor a saved dataset") from None
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
     if missing:
         raise UserError(f"pairs: {path!r} has no {', '.join(missing)} column")
