@@ -342,15 +342,24 @@ class PPOTrainer:
                 "value_clipfrac": vf_clipfrac, "approx_kl": approx_kl, "kl_coef": kl_coef,
                 "completion_length": mask.sum(1).mean().item(), "seconds": time.time() - start}
 
-    def train(self, prompt_list: list[str], log=print) -> list[dict]:
-        """total_steps rollouts of batch_size prompts, cycling through prompt_list; returns (and keeps) the history."""
+    def train(self, prompt_list: list[str], log=print, watch=None) -> list[dict]:
+        """total_steps rollouts of batch_size prompts, cycling through prompt_list; returns (and keeps) the history.
+
+        `watch` (rlaif.evaluate.watch.Watch) judges the policy against its start whenever a check is due.
+        """
         if not prompt_list:
             raise ValueError("PPO needs at least one prompt")
         c, n = self.config, len(prompt_list)
+        if watch is not None:
+            watch.begin(self.policy.lm)
         for step in range(c.total_steps):
             batch = [prompt_list[(step * c.batch_size + i) % n] for i in range(c.batch_size)]
             stats = {"step": step + 1, **self.step(batch)}
             self.history.append(stats)
+            if watch is not None:
+                watch.observe(stats["score"], stats["kl"])
+                if watch.due(step + 1):
+                    stats["judge_win_rate"] = watch.check(step + 1, self.policy.lm)["judge_win_rate"]
             if (step + 1) % c.log_every == 0 or step + 1 == c.total_steps:
                 log(f"ppo {step + 1}/{c.total_steps}: score {stats['score']:.4f}, kl {stats['kl']:.3f}, "
                     f"kl_coef {stats['kl_coef']:.4f}, entropy {stats['entropy']:.3f}, policy_loss {stats['policy_loss']:.4f}, "
@@ -369,7 +378,7 @@ class PPOTrainer:
 
 
 def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig, log=print, peft_config=None,
-              tokenizer=None) -> list[dict]:
+              tokenizer=None, watch=None) -> list[dict]:
     """Load the model and tokenizer, train with PPO, save to config.output_dir (plus ppo_history.jsonl); the history."""
     from transformers import AutoTokenizer
 
@@ -377,7 +386,7 @@ def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig,
     trainer = PPOTrainer(model_path, tokenizer, reward_fn, config, peft_config=peft_config)
     log(f"ppo: {config.total_steps} rollouts of {config.batch_size} prompts ({len(prompts)} distinct), "
         f"kl {config.kl_mode} from {config.kl_coef}, on {trainer.device}")
-    history = trainer.train(prompts, log)
+    history = trainer.train(prompts, log, watch)
     trainer.save(config.output_dir)
     (Path(config.output_dir) / "ppo_history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     log(f"ppo: saved the policy, value head and tokenizer to {config.output_dir}")
