@@ -55,6 +55,10 @@ def run(pipeline, constitution, prompts, limit, output, overrides):
         click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
     for method, m in c.get("train", {}).items():
         click.echo(f"  {method:<6}{m['steps']:>5} steps {p.run_dir / method}/  (train loss {m['train_loss']:.4f})")
+    for name, r in c.get("eval", {}).items():
+        value, what = (r["win_rate"], "win rate over the start") if "win_rate" in r else (r["rate"], "acceptable")
+        shown = "n/a" if value is None else f"{value:.3f}" + (f" [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r["ci95"] else "")
+        click.echo(f"  eval  {name:<16} {what} {shown}  {p.run_dir / 'eval' / name}.json")
 
 
 @main.command("export")

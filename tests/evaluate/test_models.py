@@ -88,7 +88,7 @@ def test_winrate_on_tiny_models_through_transformers(workdir, tiny_chat_model):
     result = CliRunner().invoke(main, argv, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     s = json.loads((workdir / "out" / "winrate.json").read_text())
-    assert s["prompts"] == 2 and s["judge"] == str(tiny_chat_model) and s["principles_per_comparison"] == 2
+    assert s["prompts"] == 2 and s["judge"].startswith(f"{tiny_chat_model}@") and s["principles_per_comparison"] == 2
     assert s["wins"] + s["losses"] + s["ties"] == s["judged"] == 2  # a random judge still labels every pair
     rows = [json.loads(x) for x in (workdir / "out" / "winrate.jsonl").read_text().splitlines()]
     assert all(0 <= r["label"] <= 1 and len(r["principles"]) == 2 for r in rows if not r["identical"])
