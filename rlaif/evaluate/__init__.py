@@ -1,0 +1,1 @@
+"""Evaluation of a run: win rates, bias diagnostics and the HTML report."""
