@@ -55,6 +55,8 @@ def run(pipeline, constitution, prompts, limit, output, overrides):
         click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
     for method, m in c.get("train", {}).items():
         click.echo(f"  {method:<6}{m['steps']:>5} steps {p.run_dir / method}/  (train loss {m['train_loss']:.4f})")
+    if info.get("report"):
+        click.echo(f"report: {info['report']}")
 
 
 @main.command("export")
@@ -75,6 +77,16 @@ def export_command(run_dir, fmt, out, push_to_hub, annotation):
         return
     out_dir = export(run_dir, fmt, out, push_to_hub)
     click.echo(f"exported to {out_dir} (dataset card: {out_dir / 'README.md'})")
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), help="Directory for report.html and its plots (default RUN_DIR/report).")
+def report_command(run_dir, output):
+    """Write an HTML report of RUN_DIR: label distributions, judge bias, human agreement, training curves, evaluations."""
+    from .evaluate.report import write_report
+
+    click.echo(write_report(run_dir, output))
 
 
 @main.command("merge-human")

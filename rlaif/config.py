@@ -116,6 +116,13 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """Stage `report`: the run's HTML report with plots (`rlaif report`), written last."""
+
+    output: str | None = None  # directory for report.html and its figures; default <run>/report
+
+
+@dataclass(frozen=True)
 class Stages:
     """Which stages run; a stage runs when its key is present (`respond: {}` takes the defaults)."""
 
@@ -133,6 +140,7 @@ class Stages:
     grpo: dict[str, Any] | None = None
     rloo: dict[str, Any] | None = None
     ppo: dict[str, Any] | None = None
+    report: ReportConfig | None = None  # after everything else
 
 
 @dataclass(frozen=True)

@@ -290,4 +290,9 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     if training_stages(pipeline):
         info["counts"]["train"] = run_training(p, reporter)
         _write_json(run_dir / "run.json", info)
+    if stages.report:
+        from .evaluate.report import write_report
+
+        info["report"] = str(write_report(run_dir, stages.report.output))
+        _write_json(run_dir / "run.json", info)
     return info

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-WIDTH, PANEL_HEIGHT, DPI = 10.4, 3.0, 100  # 1040 px: the page's width
+WIDTH, PANEL_HEIGHT, DPI = 11.0, 3.0, 100  # 1100 px: the page's width
 
 
 def _save(fig: Figure, path: Path) -> str:

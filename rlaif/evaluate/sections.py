@@ -191,8 +191,8 @@ def training(run: RunDir, out: Path) -> dict:
             tables.append(table(f"{method}", [], [], note=f"no {method}/rlaif_train.json: the training did not finish"))
             continue
         scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
-        tables.append(key_values(f"{method}: metrics ({method}/rlaif_train.json)", scalars | {"model": record.get("model_id"),
-                                                                                             "seconds": record.get("seconds")}))
+        scalars |= {k: record[key] for k, key in (("model", "model_id"), ("seconds", "seconds")) if record.get(key) is not None}
+        tables.append(key_values(f"{method}: metrics ({method}/rlaif_train.json)", scalars))
         tables.append(key_values(f"{method}: settings", _mapping(record.get("config"))))
     return section("training", "Training", figures=figures, tables=tables)
 
@@ -234,7 +234,8 @@ def evaluation(run: RunDir, out: Path) -> dict:
         return section("eval", "Evaluation", "not present (no eval/*.json)")
     figures, tables, points = [], [], []
     for i, (name, result) in enumerate(results):
-        title = f"{name} ({result.get('kind', 'unknown kind')})"
+        kind = result.get("kind", "unknown kind")
+        title = name if kind == name else f"{name} ({kind})"
         if head := _headline(result):
             points.append((f"{title}: {head[0]}", head[1], head[2]))
         per = {p: r for p, r in _mapping(result.get("per_principle")).items() if isinstance(r, dict)}
