@@ -131,7 +131,7 @@ def test_tables_hold_the_numbers(tmp_path):
     assert "Confusion, overall" in s["human"] and "invalid verdict" in s["human"] and "pair0" in s["human"]
     assert "human-overrides" in s["human"]
     assert "dpo: metrics" in s["training"] and "max_steps" in s["training"]
-    assert "winrate per principle" in s["eval"] and "kl (eval/kl.json)" in s["eval"] and "0.31" in s["eval"]
+    assert "winrate: per principle" in s["eval"] and "kl (eval/kl.json)" in s["eval"] and "0.31" in s["eval"]
     assert "wins" in s["eval"] and "ci95" in s["eval"]
     assert "Files in the run directory" in s["details"] and "judge_stats.json" in s["details"]
 
