@@ -260,3 +260,33 @@ def test_report_renders_in_chromium(tmp_path):
     # the check can fail: a figure that is not there does not load
     (page.parent / "fig-scores.png").unlink()
     assert dict(_image_check(tmp_path, page)["images"])["fig-scores.png"] == 0
+
+
+def test_pipeline_ends_with_the_report(workdir, tiny_base_model):
+    from .conftest import write_pipeline
+
+    stages = "stages:\n  respond: {n: 2, max_tokens: 8}\n  critique: {rounds: 1, max_tokens: 8}\n  report: {}\n"
+    pipe = write_pipeline(workdir / "p.yaml", tiny_base_model, stages=stages, limit=2)
+    result = CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = Path("outputs/test/report/report.html")
+    assert f"report: {page}" in result.output.splitlines()
+    assert json.loads(Path("outputs/test/run.json").read_text())["report"] == str(page)
+    sections = _sections(page.read_text())
+    assert "not present" not in sections["labels"] and "not present" in sections["judge"]
+
+
+def test_report_stage_settings_are_strict(workdir, tiny_base_model):
+    from .conftest import write_pipeline
+
+    stages = "stages:\n  respond: {}\n  report: {outptu: x}\n"
+    pipe = write_pipeline(workdir / "p.yaml", tiny_base_model, stages=stages)
+    result = CliRunner().invoke(main, ["run", str(pipe)])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"{pipe}:10: stages.report: unknown key 'outptu' (did you mean 'output'?)\n"
+
+
+def test_quickstart_ends_with_the_report(workdir):
+    from rlaif.config import load_pipeline
+
+    assert load_pipeline("pipelines/quickstart.yaml").stages.report is not None
