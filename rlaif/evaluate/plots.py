@@ -55,7 +55,7 @@ def grouped_bars(path: Path, title: str, groups: list[str], series: dict[str, li
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
     if ylim:
         ax.set_ylim(*ylim)
-    fig.suptitle(title, fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.legend(fontsize=8, ncols=len(series), loc="outside upper center")
     return _save(fig, path)
 
