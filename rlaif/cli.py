@@ -81,7 +81,8 @@ def export_command(run_dir, fmt, out, push_to_hub, annotation):
 
 @main.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--output", type=click.Path(file_okay=False), help="Directory for report.html and its plots (default RUN_DIR/report).")
+@click.option("--output", type=click.Path(file_okay=False),
+              help="Directory for report.html and its plots (default RUN_DIR/report).")
 def report_command(run_dir, output):
     """Write an HTML report of RUN_DIR: label distributions, judge bias, human agreement, training curves, evaluations."""
     from .evaluate.report import write_report

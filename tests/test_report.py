@@ -45,7 +45,8 @@ def synthetic_run(path: Path, full: bool = True) -> Path:
               "train": {"dpo": {"steps": 3, "train_loss": 0.69}}}
     _write(path / "run.json", {"name": "synthetic", "status": "complete", "seed": 7, "seconds": 12.5, "rlaif_version": "0.1.0",
                                "constitution": {"path": "constitutions/harmless.yaml", "name": "harmless", "sha256": "ab" * 32},
-                               "prompts": {"path": "data/prompts.jsonl", "count": 4}, "models": {"policy": "tiny-policy", "judge": "tiny-judge"},
+                               "prompts": {"path": "data/prompts.jsonl", "count": 4},
+                               "models": {"policy": "tiny-policy", "judge": "tiny-judge"},
                                "config": {"stages": {"respond": {"n": 2}}}, "counts": counts, "versions": {"python": "3.11"}})
     if not full:
         return path
@@ -55,22 +56,26 @@ def synthetic_run(path: Path, full: bool = True) -> Path:
         p = rng.uniform(0.5, 1.0)
         kind = ("samples", "revision", "best_vs_worst")[i % 3]
         prefs.append({"prompt": [{"role": "user", "content": HOSTILE if i == 0 else f"prompt {i}"}],
-                      "chosen": [{"role": "assistant", "content": f"chosen {i}"}], "rejected": [{"role": "assistant", "content": f"rejected {i}"}],
+                      "chosen": [{"role": "assistant", "content": f"chosen {i}"}],
+                      "rejected": [{"role": "assistant", "content": f"rejected {i}"}],
                       "pair_type": kind, "source": "ai", "principles": [PRINCIPLES[i % 3]], "pair_id": f"pair{i}",
                       "p_chosen": None if kind == "best_vs_worst" else p, "margin": 2 * p - 1,
                       "orders_agree": None if kind == "best_vs_worst" else i % 2 == 0})
     _write(path / "prefs.jsonl", prefs)
-    _write(path / "scores.jsonl", [{"target_key": f"t{i}", "principle": PRINCIPLES[i % 3], "score": rng.uniform(1, 10)} for i in range(8)])
+    _write(path / "scores.jsonl", [{"target_key": f"t{i}", "principle": PRINCIPLES[i % 3], "score": rng.uniform(1, 10)}
+                                   for i in range(8)])
     overall = {"pairs": 6, "agreement": 0.6, "cohen_kappa": 0.2, "human_ties": 1,
                "confusion": {"first": {"first": 2, "second": 1}, "second": {"second": 2, "tie": 1}}, "conflicts": ["pair0"]}
     _write(path / "human_agreement.json", {"overall": overall, "per_group": {p: overall for p in PRINCIPLES},
                                            "policy": "human-overrides", "weight": None})
     _write(path / "human_rejects.jsonl", [{"file": "labels.csv", "line": 3, "reason": "invalid verdict 'x'", "raw": "{}"}])
     for step in (2, 10):  # the newest checkpoint (10, not 2 as text order would have it) holds the full history
-        history = [{"step": s, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.01 * s, "rewards/chosen": 0.0} for s in range(1, step + 1)]
+        history = [{"step": s, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.01 * s, "rewards/chosen": 0.0}
+                   for s in range(1, step + 1)]
         _write(path / "dpo" / f"checkpoint-{step}" / "trainer_state.json", {"log_history": history + [{"train_loss": 0.65}]})
     _write(path / "dpo" / "rlaif_train.json", {"method": "dpo", "model_id": "tiny-policy", "config": {"trl": {"max_steps": 10}},
-                                               "metrics": {"steps": 10, "train_loss": 0.65, "losses": [0.69, 0.6]}, "seconds": 3.0})
+                                               "metrics": {"steps": 10, "train_loss": 0.65, "losses": [0.69, 0.6]},
+                                               "seconds": 3.0})
     ppo = [{"step": s, "score": 0.1 * s, "kl": 0.02 * s, "policy_loss": -0.01 * s, "value_loss": 1 / s} for s in range(1, 9)]
     _write(path / "ppo" / "ppo_history.jsonl", ppo)
     _write(path / "ppo" / "rlaif_train.json", {"method": "ppo", "metrics": {"steps": 8, "train_loss": -0.08, "history": ppo}})
@@ -105,15 +110,16 @@ def test_full_report(tmp_path):
     assert set(sections) == {"labels", "judge", "scores", "human", "training", "watch", "eval", "details"}
     assert "not present" not in html
     images = _images(html)
-    expected = {"fig-labels.png", "fig-judge-bias.png", "fig-scores.png", "fig-human.png", "fig-train-dpo.png", "fig-train-grpo.png",
-                "fig-train-ppo.png", "fig-watch-ppo.png", "fig-eval.png", "fig-eval-3-winrate.png"}
+    expected = {"fig-labels.png", "fig-judge-bias.png", "fig-scores.png", "fig-human.png", "fig-train-dpo.png",
+                "fig-train-grpo.png", "fig-train-ppo.png", "fig-watch-ppo.png", "fig-eval.png", "fig-eval-3-winrate.png"}
     assert set(images) == expected
     for name in images:  # every figure is a real PNG beside the page
         assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in page.parent.glob("*.png")) == sorted(expected)
     # the summary header: name, models, constitution, seed, counts
     head = html.split("<section", 1)[0]
-    for text in ("synthetic", "tiny-policy", "tiny-judge", "harmless (constitutions/harmless.yaml, sha256 abababababab)", "<dd>7</dd>",
+    for text in ("synthetic", "tiny-policy", "tiny-judge", "harmless (constitutions/harmless.yaml, sha256 abababababab)",
+                 "<dd>7</dd>",
                  '<div class="n">12</div><div class="k">preference rows</div>', "dpo steps"):
         assert text in head, text
     # reward-hacking warnings: in the banner at the top and in their section
@@ -198,7 +204,8 @@ def test_cli_report(tmp_path):
 @pytest.mark.parametrize("setup,pattern", [
     (lambda d: d / "nope", r"^{d}/nope: run directory not found$"),
     (lambda d: d, r"^{d}: not a run directory \(no run\.json\)$"),
-    (lambda d: (d / "run.json").write_text('{"name": "x",\n  oops}') and d, r"^{d}/run\.json:2: run\.json is not valid JSON: .+$"),
+    (lambda d: (d / "run.json").write_text('{"name": "x",\n  oops}') and d,
+     r"^{d}/run\.json:2: run\.json is not valid JSON: .+$"),
     (lambda d: (d / "run.json").write_text("[]") and d, r"^{d}/run\.json:1: run\.json must hold a JSON object$"),
 ], ids=["missing", "no-run-json", "bad-json", "not-an-object"])
 def test_bad_run_dir(tmp_path, setup, pattern):
@@ -211,8 +218,8 @@ def test_bad_run_dir(tmp_path, setup, pattern):
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "outputs" / "test-artifacts" / "report.png"  # git-ignored; for a person to look at
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 # Appended to a copy of the page: after load, write each image's natural width and the page height into the DOM.
 IMAGE_CHECK = """<script>window.addEventListener("load", () => {
   const pre = document.createElement("pre"); pre.id = "image-check";

@@ -22,8 +22,8 @@ def summary(run: RunDir) -> dict:
     models = info.get("models") if isinstance(info.get("models"), dict) else {}
     facts = [("status", info.get("status")), ("started", info.get("started")), ("finished", info.get("finished")),
              ("seconds", info.get("seconds")), ("seed", info.get("seed")),
-             ("constitution", f"{constitution.get('name')} ({constitution.get('path')}, sha256 {str(constitution.get('sha256'))[:12]})"
-              if constitution else None),
+             ("constitution", f"{constitution.get('name')} ({constitution.get('path')}, "
+                              f"sha256 {str(constitution.get('sha256'))[:12]})" if constitution else None),
              ("prompts", f"{prompts.get('path')} ({prompts.get('count')} prompts)" if prompts else None),
              *((f"{role} model", model) for role, model in models.items()),
              ("rlaif", info.get("rlaif_version")), ("run directory", str(run.path))]

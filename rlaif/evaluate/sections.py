@@ -98,7 +98,8 @@ def judge_bias(run: RunDir, out: Path) -> dict:
     rows = [{"principle": name} | {k: v for k, v in g.items() if not isinstance(v, dict)} for name, g in groups.items()]
     intro = ("Position consistency: share of comparisons whose two orders pick the same winner (1 is best). "
              "First-position win rate and longer-chosen rate: 0.5 (dashed) means no position or length bias.")
-    return section("judge", "Judge bias", intro=intro, figures=figures, tables=[records("Judge statistics (judge_stats.json)", rows)])
+    tables = [records("Judge statistics (judge_stats.json)", rows)]
+    return section("judge", "Judge bias", intro=intro, figures=figures, tables=tables)
 
 
 def scores(run: RunDir, out: Path) -> dict:
@@ -135,20 +136,23 @@ def human(run: RunDir, out: Path) -> dict:
                                          reference=0.0, ylim=(-1, 1)), "Agreement and Cohen's kappa")]
     rows = [[name, g.get("pairs"), g.get("agreement"), g.get("cohen_kappa"), g.get("human_ties"), len(g.get("conflicts") or [])]
             for name, g in groups.items()]
-    tables = [table("Agreement (human_agreement.json)", ["group", "pairs", "agreement", "Cohen's kappa", "human ties", "conflicts"], rows),
+    columns = ["group", "pairs", "agreement", "Cohen's kappa", "human ties", "conflicts"]
+    tables = [table("Agreement (human_agreement.json)", columns, rows),
               key_values("Merge policy", {k: v for k, v in data.items() if k not in ("overall", "per_group")})]
     confusion = groups["overall"].get("confusion")
     if isinstance(confusion, dict) and confusion:
         sides = sorted({h for row in confusion.values() if isinstance(row, dict) for h in row})
         tables.append(table("Confusion, overall (rows: AI's choice, columns: human's)", ["AI \\ human"] + sides,
-                            [[ai] + [row.get(h, 0) for h in sides] for ai, row in sorted(confusion.items()) if isinstance(row, dict)]))
+                            [[ai] + [row.get(h, 0) for h in sides]
+                             for ai, row in sorted(confusion.items()) if isinstance(row, dict)]))
     prompts = {r.get("pair_id"): _text(r.get("prompt")) for r in run.jsonl("prefs.jsonl") or []}
     conflicts = groups["overall"].get("conflicts") or []
     if conflicts:
         tables.append(table("Conflicts: pairs where the human chose the other answer", ["pair id", "prompt"],
                             [[c, prompts.get(c)] for c in conflicts]))
     if rejects:
-        tables.append(records("Label rows that were rejected (human_rejects.jsonl)", rejects, first=("file", "line", "reason"), skip=("raw",)))
+        tables.append(records("Label rows that were rejected (human_rejects.jsonl)", rejects,
+                              first=("file", "line", "reason"), skip=("raw",)))
     return section("human", "Human-AI agreement", figures=figures, tables=tables)
 
 
@@ -183,8 +187,9 @@ def training(run: RunDir, out: Path) -> dict:
         record = run.json(f"{method}/rlaif_train.json") or {}
         metrics = _mapping(record.get("metrics"))
         history = _history(run, method, metrics)
-        panels = [{"title": f"{method}: {title}", "lines": lines} for title, keys in (("loss", LOSS_KEYS), ("reward", REWARD_KEYS),
-                  ("KL", KL_KEYS)) if (lines := _lines(history, keys))]
+        panels = [{"title": f"{method}: {title}", "lines": lines}
+                  for title, keys in (("loss", LOSS_KEYS), ("reward", REWARD_KEYS), ("KL", KL_KEYS))
+                  if (lines := _lines(history, keys))]
         if panels:
             figures.append(figure(plots.curves(out / f"fig-train-{method}.png", panels), f"{method}: training curves"))
         if not record:
@@ -212,7 +217,8 @@ def watch(run: RunDir, out: Path) -> dict:
         if panels:
             figures.append(figure(plots.curves(out / f"fig-watch-{method}.png", panels, marks),
                                   f"{method}: reward vs judge win rate vs KL (dotted red: a warning)"))
-        tables.append(records(f"{method}: checks ({method}/watch.jsonl)", rows, first=("step", "reward", "judge_win_rate", "kl", "warning")))
+        tables.append(records(f"{method}: checks ({method}/watch.jsonl)", rows,
+                              first=("step", "reward", "judge_win_rate", "kl", "warning")))
     intro = "Reward hacking shows as reward going up while the judge's win rate falls and KL grows."
     return section("watch", "Reward-hacking watch", intro=intro, warnings=warnings, figures=figures, tables=tables)
 
