@@ -40,7 +40,7 @@ def _rate(rng, key: str) -> dict:
 def synthetic_run(path: Path, full: bool = True) -> Path:
     """A run directory as the pipeline, merge-human, training and evaluation leave it; `full=False`: run.json only."""
     rng = random.Random(0)
-    counts = {"prompts": 4, "responses": 8, "critique_rounds": 8, "sft_rows": 4, "pref_rows": 12,
+    counts = {"revision_problems": {"echoes_request": 2}, "prompts": 4, "responses": 8, "critique_rounds": 8, "sft_rows": 4, "pref_rows": 12,
               "judge": {"comparisons": 10, "dropped": {"tie": 1, "inconsistent": 0}}, "score": {"ratings": 8, "mean_score": 5.5},
               "train": {"dpo": {"steps": 3, "train_loss": 0.69}}}
     _write(path / "run.json", {"name": "synthetic", "status": "complete", "seed": 7, "seconds": 12.5, "rlaif_version": "0.1.0",
@@ -62,6 +62,10 @@ def synthetic_run(path: Path, full: bool = True) -> Path:
                       "p_chosen": None if kind == "best_vs_worst" else p, "margin": 2 * p - 1,
                       "orders_agree": None if kind == "best_vs_worst" else i % 2 == 0})
     _write(path / "prefs.jsonl", prefs)
+    _write(path / "sft.jsonl", [{"messages": [{"role": "user", "content": f"sft prompt {i}"},
+                                              {"role": "assistant", "content": f"sft answer {i}"}],
+                                 "source": ("revision", "response")[i % 2], "principles": [PRINCIPLES[i % 3]]} for i in range(4)])
+    _write(path / "merged.jsonl", [{"pair_id": f"pair{i}", "source": ("ai", "human", "both")[i % 3]} for i in range(5)])
     _write(path / "scores.jsonl", [{"target_key": f"t{i}", "principle": PRINCIPLES[i % 3], "score": rng.uniform(1, 10)}
                                    for i in range(8)])
     overall = {"pairs": 6, "agreement": 0.6, "cohen_kappa": 0.2, "human_ties": 1,
@@ -107,7 +111,7 @@ def test_full_report(tmp_path):
     assert page == run / "report" / "report.html"
     html = page.read_text()
     sections = _sections(html)
-    assert set(sections) == {"labels", "judge", "scores", "human", "training", "watch", "eval", "details"}
+    assert set(sections) == {"sft", "labels", "judge", "scores", "human", "training", "watch", "eval", "details"}
     assert "not present" not in html
     images = _images(html)
     expected = {"fig-labels.png", "fig-judge-bias.png", "fig-scores.png", "fig-human.png", "fig-train-dpo.png",
@@ -135,7 +139,8 @@ def test_tables_hold_the_numbers(tmp_path):
     assert "<td class=\"s\">best_vs_worst</td>" in s["labels"] and "Pairs dropped by the judge stage" in s["labels"]
     assert all(p in s["judge"] for p in PRINCIPLES) and "position_consistency" in s["judge"]
     assert "Confusion, overall" in s["human"] and "invalid verdict" in s["human"] and "pair0" in s["human"]
-    assert "human-overrides" in s["human"]
+    assert "human-overrides" in s["human"] and "merged.jsonl" in s["human"]
+    assert "sft answer 0" in s["sft"] and "sft prompt 0" in s["sft"] and "echoes_request" in s["sft"]
     assert "dpo: metrics" in s["training"] and "max_steps" in s["training"]
     assert "winrate: per principle" in s["eval"] and "kl (eval/kl.json)" in s["eval"] and "0.31" in s["eval"]
     assert "wins" in s["eval"] and "ci95" in s["eval"]
@@ -154,7 +159,7 @@ def test_run_json_only(tmp_path):
     run = synthetic_run(tmp_path / "run", full=False)
     html = write_report(run).read_text()
     sections = _sections(html)
-    for key in ("labels", "judge", "scores", "human", "training", "watch", "eval"):
+    for key in ("sft", "labels", "judge", "scores", "human", "training", "watch", "eval"):
         assert '<p class="missing">not present' in sections[key], key
     assert _images(html) == [] and not list((run / "report").glob("*.png"))
     assert 'class="warnings"' not in html  # a complete run with nothing wrong has no banner
@@ -297,3 +302,21 @@ def test_quickstart_ends_with_the_report(workdir):
     from rlaif.config import load_pipeline
 
     assert load_pipeline("pipelines/quickstart.yaml").stages.report is not None
+
+
+@pytest.mark.parametrize("value,text", [
+    (None, "—"), (True, "yes"), (False, "no"), (3, "3"), (0.123456, "0.1235"), (1e-9, "1e-09"), (float("nan"), "nan"),
+    ("a <b>", "a <b>"), ([1, 2.5, None], "1, 2.5, —"), ({"a": [1]}, '{"a": [1]}'), ([{"a": 1}], '[{"a": 1}]'),
+    ("x" * 300, "x" * 239 + "…"),
+])
+def test_cell(value, text):
+    from rlaif.evaluate.tables import cell
+
+    assert cell(value) == text
+
+
+@pytest.mark.parametrize("value,expected", [(1, 1.0), (0.5, 0.5), (True, None), ("0.5", None), (float("inf"), None), (None, None)])
+def test_number(value, expected):
+    from rlaif.evaluate.tables import number
+
+    assert number(value) == expected

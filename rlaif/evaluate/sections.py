@@ -37,6 +37,24 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def sft(run: RunDir, out: Path) -> dict:
+    """The SFT rows: how many of each source, and the first few."""
+    rows = run.jsonl("sft.jsonl")
+    if not rows:
+        return section("sft", "SFT data", "not present (no sft.jsonl)")
+    sources = defaultdict(int)
+    for r in rows:
+        sources[str(r.get("source"))] += 1
+    examples = [{"source": r.get("source"), "principles": r.get("principles"), "prompt": _text((r.get("messages") or [None])[:1]),
+                 "answer": _text(r.get("messages"))} for r in rows[:5]]
+    tables = [table("SFT rows by source (sft.jsonl)", ["source", "rows"], sorted(sources.items())),
+              records("Example rows (the first 5)", examples)]
+    problems = _mapping(run.info.get("counts")).get("revision_problems")
+    if isinstance(problems, dict):
+        tables.append(key_values("Revisions kept out of the data, by reason (run.json counts.revision_problems)", problems))
+    return section("sft", "SFT data", tables=tables)
+
+
 def labels(run: RunDir, out: Path) -> dict:
     """Soft labels and margins: the judge's label histogram, the preference rows' p_chosen and margins by pair type."""
     stats, prefs = run.json("judge_stats.json"), run.jsonl("prefs.jsonl")
@@ -150,6 +168,11 @@ def human(run: RunDir, out: Path) -> dict:
     if conflicts:
         tables.append(table("Conflicts: pairs where the human chose the other answer", ["pair id", "prompt"],
                             [[c, prompts.get(c)] for c in conflicts]))
+    if merged := run.jsonl("merged.jsonl"):
+        sources = defaultdict(int)
+        for r in merged:
+            sources[str(r.get("source"))] += 1
+        tables.append(table("Merged preference rows by source (merged.jsonl)", ["source", "rows"], sorted(sources.items())))
     if rejects:
         tables.append(records("Label rows that were rejected (human_rejects.jsonl)", rejects,
                               first=("file", "line", "reason"), skip=("raw",)))
@@ -261,4 +284,4 @@ def evaluation(run: RunDir, out: Path) -> dict:
     return section("eval", "Evaluation", figures=figures, tables=tables)
 
 
-SECTIONS = (labels, judge_bias, scores, human, training, watch, evaluation)
+SECTIONS = (sft, labels, judge_bias, scores, human, training, watch, evaluation)
