@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import plots
@@ -42,11 +42,10 @@ def sft(run: RunDir, out: Path) -> dict:
     rows = run.jsonl("sft.jsonl")
     if not rows:
         return section("sft", "SFT data", "not present (no sft.jsonl)")
-    sources = defaultdict(int)
-    for r in rows:
-        sources[str(r.get("source"))] += 1
-    examples = [{"source": r.get("source"), "principles": r.get("principles"), "prompt": _text((r.get("messages") or [None])[:1]),
-                 "answer": _text(r.get("messages"))} for r in rows[:5]]
+    sources = Counter(str(r.get("source")) for r in rows)
+    messages = [m if isinstance(m := r.get("messages"), list) else [] for r in rows[:5]]
+    examples = [{"source": r.get("source"), "principles": r.get("principles"), "prompt": _text(m[:1]), "answer": _text(m[1:])}
+                for r, m in zip(rows, messages)]
     tables = [table("SFT rows by source (sft.jsonl)", ["source", "rows"], sorted(sources.items())),
               records("Example rows (the first 5)", examples)]
     problems = _mapping(run.info.get("counts")).get("revision_problems")
@@ -79,9 +78,7 @@ def labels(run: RunDir, out: Path) -> dict:
         rows = []
         for t, group in sorted(by_type.items()):
             agree = [r["orders_agree"] for r in group if isinstance(r.get("orders_agree"), bool)]
-            sources = defaultdict(int)
-            for r in group:
-                sources[str(r.get("source"))] += 1
+            sources = Counter(str(r.get("source")) for r in group)
             rows.append([t, len(group), dict(sources), _mean(p_chosen[t]), _mean(margins[t]),
                          sum(agree) / len(agree) if agree else None])
         tables.append(table("Preference rows by pair type (prefs.jsonl)",
@@ -169,9 +166,7 @@ def human(run: RunDir, out: Path) -> dict:
         tables.append(table("Conflicts: pairs where the human chose the other answer", ["pair id", "prompt"],
                             [[c, prompts.get(c)] for c in conflicts]))
     if merged := run.jsonl("merged.jsonl"):
-        sources = defaultdict(int)
-        for r in merged:
-            sources[str(r.get("source"))] += 1
+        sources = Counter(str(r.get("source")) for r in merged)
         tables.append(table("Merged preference rows by source (merged.jsonl)", ["source", "rows"], sorted(sources.items())))
     if rejects:
         tables.append(records("Label rows that were rejected (human_rejects.jsonl)", rejects,
