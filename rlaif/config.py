@@ -141,6 +141,13 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """Stage `report`: the run's HTML report with plots (`rlaif report`), written last."""
+
+    output: str | None = None  # directory for report.html and its figures; default <run>/report
+
+
+@dataclass(frozen=True)
 class Stages:
     """Which stages run; a stage runs when its key is present (`respond: {}` takes the defaults)."""
 
@@ -159,6 +166,7 @@ class Stages:
     rloo: dict[str, Any] | None = None
     ppo: dict[str, Any] | None = None
     eval: EvalConfig | None = None  # after training: win rate (and harmlessness) of the trained policies
+    report: ReportConfig | None = None  # after everything else
 
 
 @dataclass(frozen=True)

@@ -300,4 +300,9 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
         with reporter:
             info["counts"]["eval"] = run_eval(p, reporter)
         _write_json(run_dir / "run.json", info)
+    if stages.report:
+        from .evaluate.report import write_report
+
+        info["report"] = str(write_report(run_dir, stages.report.output))
+        _write_json(run_dir / "run.json", info)
     return info

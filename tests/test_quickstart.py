@@ -25,3 +25,5 @@ def test_quickstart_on_vllm(workdir):
     sft = datasets.load_from_disk(str(out / "sft"))
     assert len(sft) > 0 and all(row["messages"][-1]["content"] for row in sft)
     assert "tok/s" in proc.stderr  # the progress bars report throughput
+    assert f"report: {out / 'report' / 'report.html'}" in proc.stdout.splitlines()  # `make demo` shows where the report is
+    assert (out / "report" / "fig-labels.png").is_file()

@@ -1,1 +1,1 @@
-"""Evaluation: does the aligned model get better, and can the AI feedback be trusted."""
+"""Evaluation: win rates against the start, harmlessness, reward-model accuracy, KL, the reward-hacking watch, the HTML report."""
