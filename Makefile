@@ -40,6 +40,7 @@ test-fast: install
 bench: model
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/judge.py
+	$(BIN)/python bench/overhead.py
 
 clean:
 	rm -rf $(VENV) outputs/*/

@@ -72,7 +72,8 @@ def run_stages(store_path: Path, prompts, fmt: str, n: int) -> dict:
         responses = timed("respond", lambda: respond(ctx, generator, prompts, RespondConfig(n=n)))
         history = timed("critique", lambda: critique(ctx, generator, responses, CritiqueConfig(rounds=1)))
         finals = {k: (rounds[-1]["key"], rounds[-1]["revision"]) for k, rounds in history.items()}
-        judged = timed("judge", lambda: judge(ctx, generator, build_comparisons(responses, finals, JudgeConfig(), 0), JudgeConfig()))
+        comparisons = lambda: build_comparisons(responses, finals, JudgeConfig(), 0)  # noqa: E731 - timed with the stage
+        judged = timed("judge", lambda: judge(ctx, generator, comparisons(), JudgeConfig()))
         targets = [{k: r[k] for k in ("key", "text", "prompt_id", "messages")} for r in responses]
         rated = timed("score", lambda: score(ctx, generator, targets, ScoreConfig()))
     store.close()
@@ -146,8 +147,10 @@ def main() -> None:
     for fmt, runs in results.items():
         for kind in ("fresh", "resumed"):
             r, s = runs[kind], runs[kind]["stages"]
-            cells = [f"{s[k]['records']} in {s[k]['seconds']:.2f} s = **{s[k]['records_per_s']}/s**" for k in ("respond", "critique", "judge", "score")]
-            lines.append(f"| {fmt} | {kind} | " + " | ".join(cells) + f" | **{r['records_per_s']}/s** | **{r['respond_critique_judge_records_per_s']}/s** |")
+            cells = [f"{s[k]['records']} in {s[k]['seconds']:.2f} s = **{s[k]['records_per_s']}/s**"
+                     for k in ("respond", "critique", "judge", "score")]
+            cells += [f"**{r['records_per_s']}/s**", f"**{r['respond_critique_judge_records_per_s']}/s**"]
+            lines.append(f"| {fmt} | {kind} | " + " | ".join(cells) + " |")
     lines.append(f"\nTarget: at least {TARGET} records/s (records/s = records the stage returns / its wall time). "
                  f"Fresh: the median of {args.repeats} runs on a new store (all runs: "
                  + "; ".join(f"{fmt} {r['fresh_runs_records_per_s']}" for fmt, r in results.items())

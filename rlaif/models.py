@@ -29,9 +29,11 @@ def _check_server(cfg: ModelConfig, pipeline, where: str) -> None:
     urls = [cfg.base_url] if isinstance(cfg.base_url, str) else list(cfg.base_url)
     at = pipeline.where(f"{where}.base_url")
     if not urls or not all(urls) or len({u.rstrip("/") for u in urls}) < len(urls):
-        raise UserError(f"{where}.base_url: expected a URL or a list of distinct URLs, got {urls if len(urls) != 1 else urls[0]!r}", *at)
+        shown = urls if len(urls) != 1 else urls[0]
+        raise UserError(f"{where}.base_url: expected a URL or a list of distinct URLs, got {shown!r}", *at)
     if cfg.endpoint_cooldown <= 0:
-        raise UserError(f"{where}.endpoint_cooldown: must be > 0, got {cfg.endpoint_cooldown:g}", *pipeline.where(f"{where}.endpoint_cooldown"))
+        raise UserError(f"{where}.endpoint_cooldown: must be > 0, got {cfg.endpoint_cooldown:g}",
+                        *pipeline.where(f"{where}.endpoint_cooldown"))
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         raise UserError(f"{where}.api_key_env: the environment variable {cfg.api_key_env} is not set", *pipeline.where(f"{where}.api_key_env"))
     from .backends.openai import Unreachable, check_server

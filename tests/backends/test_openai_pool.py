@@ -206,7 +206,8 @@ def test_three_errors_in_a_row_take_it_out_a_success_resets():
     assert e0.out_until is not None
 
 
-@pytest.mark.parametrize("value, shown", [("[]", "[]"), ("''", "''"), ("[http://a/v1, 'http://a/v1/']", "['http://a/v1', 'http://a/v1/']"),
+@pytest.mark.parametrize("value, shown", [("[]", "[]"), ("''", "''"),
+                                          ("[http://a/v1, 'http://a/v1/']", "['http://a/v1', 'http://a/v1/']"),
                                           ("3", None), ("[1, http://a/v1]", None)])
 def test_bad_base_url(tmp_path, value, shown):
     from click.testing import CliRunner
@@ -227,7 +228,8 @@ def test_bad_cooldown(tmp_path):
     from rlaif.cli import main
 
     path = _pipeline(tmp_path, ["http://127.0.0.1:9/v1"])
-    (tmp_path / "p.yaml").write_text((tmp_path / "p.yaml").read_text().replace("    max_concurrency: 1\n", "    endpoint_cooldown: 0\n"))
+    text = (tmp_path / "p.yaml").read_text()
+    (tmp_path / "p.yaml").write_text(text.replace("    max_concurrency: 1\n", "    endpoint_cooldown: 0\n"))
     result = CliRunner().invoke(main, ["run", path])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"{path}:10: models.policy.endpoint_cooldown: must be > 0, got 0"

@@ -26,7 +26,8 @@ from ..conftest import ROOT
 
 def test_replies_are_deterministic_varied_and_bounded():
     gen = ScriptedGenerator(words=20)
-    requests = [Request(prompt="hi", sampling=Sampling(n=3, seed=1, max_tokens=8)), Request(prompt="hi", sampling=Sampling(seed=2)),
+    requests = [Request(prompt="hi", sampling=Sampling(n=3, seed=1, max_tokens=8)),
+                Request(prompt="hi", sampling=Sampling(seed=2)),
                 Request(messages=({"role": "user", "content": "hi"},))]
     seen = []
     out = gen.generate(requests, progress=lambda done, tokens: seen.append((done, tokens)))
