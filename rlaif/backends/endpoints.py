@@ -40,7 +40,16 @@ class Endpoint:
     out_until: float | None = None  # monotonic time its cool-down ends; None while it is in
     probing: bool = False  # a request is testing it after its cool-down
     picked: int = 0  # sequence number of the last time it was picked (tie-break: least recently used)
-    served: int = 0  # requests that succeeded on it
+    outages_total: int = 0  # times taken out ever: tells a request whether its endpoint went out while it ran
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One request's hold on an endpoint, from acquire to release."""
+
+    endpoint: Endpoint
+    outages_total: int  # the endpoint's count when the request was sent
+    probe: bool  # the request tests the endpoint after its cool-down
 
 
 class EndpointPool:
@@ -51,7 +60,7 @@ class EndpointPool:
         self.cond = threading.Condition()
         self.picks = 0
 
-    def acquire(self, stop: threading.Event) -> Endpoint:
+    def acquire(self, stop: threading.Event) -> Lease:
         """The least-loaded usable endpoint with a free slot; waits while every one is full."""
         with self.cond:
             while True:
@@ -63,7 +72,7 @@ class EndpointPool:
                     endpoint.in_flight += 1
                     endpoint.picked = self.picks
                     endpoint.probing = endpoint.out_until is not None  # its cool-down is over: this request tests it
-                    return endpoint
+                    return Lease(endpoint, endpoint.outages_total, endpoint.probing)
                 self.cond.wait(WAIT_SLICE)
 
     def _pick(self, now: float) -> Endpoint | None:
@@ -71,36 +80,37 @@ class EndpointPool:
                   and (e.out_until is None or (e.out_until <= now and not e.probing))]
         return min(usable, key=lambda e: (e.in_flight, e.picked), default=None)
 
-    def release(self, endpoint: Endpoint, fault: str | None, reason: str = "") -> bool:
-        """Record how a request on `endpoint` went; True if that took the endpoint out.
+    def release(self, lease: Lease, fault: str | None, reason: str = "") -> bool:
+        """Record how the request holding `lease` went; True if that took its endpoint out.
 
         fault: None (success), "down" (the connection failed), "error" (5xx, timeout, malformed), "busy" (429).
         """
+        e = lease.endpoint
         with self.cond:
-            endpoint.in_flight -= 1
-            was_probe, endpoint.probing = endpoint.probing, False
+            e.in_flight -= 1
+            if lease.probe:
+                e.probing = False
             self.cond.notify_all()
+            if lease.outages_total != e.outages_total:
+                return False  # it went out after this request was sent: the outcome says nothing new
             if fault is None:
-                if endpoint.out_until is not None:
-                    log.warning(f"endpoint {endpoint.url} is back")
-                endpoint.failures = endpoint.outages = 0
-                endpoint.out_until = None
-                endpoint.served += 1
+                if lease.probe:
+                    log.warning(f"endpoint {e.url} is back")
+                e.failures, e.outages, e.out_until = 0, 0, None
                 return False
             if fault == "busy":
                 return False
-            endpoint.failures += 1
-            if endpoint.out_until is not None and not was_probe:  # already out: a request sent before it went out
+            e.failures += 1
+            if not (lease.probe or fault == "down" or e.failures >= FAILURES_TO_TAKE_OUT):
                 return False
-            if not (was_probe or fault == "down" or endpoint.failures >= FAILURES_TO_TAKE_OUT):
-                return False
-            if endpoint.out_until is None and not any(e.out_until is None for e in self.endpoints if e is not endpoint):
+            if not lease.probe and not any(x.out_until is None for x in self.endpoints if x is not e):
                 return False  # the last one in stays in: its requests back off and retry, as with one server
-            endpoint.outages += 1
-            seconds = min(self.cooldown * 2 ** (endpoint.outages - 1), MAX_COOLDOWN)
-            endpoint.out_until = time.monotonic() + seconds
-            log.warning(f"endpoint {endpoint.url} is out for {seconds:g} s ({reason}); "
-                        f"{sum(e.out_until is None for e in self.endpoints)} of {len(self.endpoints)} in")
+            e.outages += 1
+            e.outages_total += 1
+            seconds = min(self.cooldown * 2 ** (e.outages - 1), MAX_COOLDOWN)
+            e.out_until = time.monotonic() + seconds
+            log.warning(f"endpoint {e.url} is out for {seconds:g} s ({reason}); "
+                        f"{sum(x.out_until is None for x in self.endpoints)} of {len(self.endpoints)} in")
             return True
 
     def reroute(self, failed: Endpoint) -> bool:

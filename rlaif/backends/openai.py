@@ -146,9 +146,10 @@ class OpenAIGenerator:
         body = {"model": self.model, **body, **({"messages": list(request.messages)} if chat else {"prompt": request.prompt})}
         for attempt in range(self.max_retries + 1):
             try:
-                endpoint = self.pool.acquire(stop)
+                lease = self.pool.acquire(stop)
             except Cancelled:
                 raise _Cancelled from None
+            endpoint = lease.endpoint
             where, fault, delay = f"{endpoint.url}/{path}", None, None
             try:
                 reply = (endpoint.client.chat.completions if chat else endpoint.client.completions).create(**body)
@@ -171,7 +172,7 @@ class OpenAIGenerator:
             except (ValueError, openai.APIResponseValidationError, _Malformed) as e:  # JSONDecodeError is a ValueError
                 fault, error = "error", f"malformed reply ({e})"
             finally:  # a refusal or a missing capability still means the server answered: fault stays None
-                self.pool.release(endpoint, fault, error if fault else "")
+                self.pool.release(lease, fault, error if fault else "")
             if attempt < self.max_retries:
                 if self.pool.reroute(endpoint):  # it is out and another is in: go there now
                     continue

@@ -12,7 +12,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from rlaif.backends.endpoints import Endpoint, EndpointPool
+from rlaif.backends.endpoints import Cancelled, Endpoint, EndpointPool, Lease
 from rlaif.backends.openai import OpenAIGenerator, ServerError
 from rlaif.errors import UserError
 
@@ -177,24 +177,44 @@ def pool_of(n: int, cooldown: float = 0.05, max_concurrency: int = 2) -> Endpoin
 def test_pool_states():
     pool, stop = pool_of(2), threading.Event()
     e0, e1 = pool.endpoints
-    assert [pool.acquire(stop) for _ in range(4)] == [e0, e1, e0, e1]  # least loaded, ties to the least recently picked
-    with pytest.raises(Exception):  # all slots taken: a stopped batch does not wait for one
-        stop.set()
+    leases = [pool.acquire(stop) for _ in range(4)]
+    assert [x.endpoint for x in leases] == [e0, e1, e0, e1]  # least loaded, ties to the least recently picked
+    stop.set()
+    with pytest.raises(Cancelled):  # all slots taken: a stopped batch does not wait for one
         pool.acquire(stop)
     stop.clear()
-    assert not pool.release(e0, "error") and not pool.release(e0, "busy")  # one error, one 429: still in
-    assert pool.release(e0, "down", "refused")  # a refused connection: out at once
-    assert not pool.release(e1, "down") and e1.out_until is None  # the last one in stays in
-    pool.release(e1, None)
+    assert not pool.release(leases[0], "error") and not pool.release(leases[2], "busy")  # one error, one 429: still in
+    assert pool.release(pool.acquire(stop), "down", "refused")  # a refused connection: out at once
+    assert not pool.release(leases[1], "down") and e1.out_until is None  # the last one in stays in
+    assert not pool.release(leases[3], None)
     assert pool.reroute(e0) and not pool.reroute(e1)
-    assert pool.acquire(stop) is e1  # e0 sits out its cool-down
+    held = pool.acquire(stop)
+    assert held.endpoint is e1  # e0 sits out its cool-down
+    pool.release(held, None)
     time.sleep(0.06)
-    assert pool.acquire(stop) is e0 and e0.probing  # cool-down over: one request probes it
-    assert pool.acquire(stop) is not e0  # ... and only one
-    assert pool.release(e0, "error") and 0.09 < e0.out_until - time.monotonic() <= 0.1  # probe failed: out for twice as long
+    probe = pool.acquire(stop)
+    assert probe.endpoint is e0 and probe.probe  # cool-down over: one request probes it
+    assert pool.acquire(stop).endpoint is e1  # ... and only one
+    assert pool.release(probe, "error") and 0.09 < e0.out_until - time.monotonic() <= 0.1  # probe failed: out twice as long
     time.sleep(0.11)
-    assert pool.acquire(stop) is e0
-    assert not pool.release(e0, None) and e0.out_until is None and e0.outages == 0  # probe succeeded: back
+    probe = pool.acquire(stop)
+    assert not pool.release(probe, None) and e0.out_until is None and e0.outages == 0  # probe succeeded: back
+
+
+def test_requests_sent_before_an_endpoint_went_out_do_not_change_it():
+    pool, stop = pool_of(2, max_concurrency=3), threading.Event()
+    e0 = pool.endpoints[0]
+    early, late = pool.acquire(stop), pool.acquire(stop)
+    assert early.endpoint is e0 and late.endpoint is not e0
+    other = pool.acquire(stop)
+    assert other.endpoint is e0
+    assert pool.release(other, "down")
+    assert not pool.release(early, None) and e0.out_until is not None  # an old success does not bring it back
+    time.sleep(0.06)
+    probe = pool.acquire(stop)
+    stale = Lease(e0, probe.outages_total - 1, False)
+    e0.in_flight += 1
+    assert not pool.release(stale, "down") and e0.probing  # an old failure neither ends the probe nor counts
 
 
 def test_three_errors_in_a_row_take_it_out_a_success_resets():
@@ -202,7 +222,7 @@ def test_three_errors_in_a_row_take_it_out_a_success_resets():
     e0 = pool.endpoints[0]
     for fault in ("error", "error", None, "error", "error", "error"):
         e0.in_flight += 1  # as acquire would
-        assert pool.release(e0, fault) == (fault is not None and e0.failures == 3)
+        assert pool.release(Lease(e0, e0.outages_total, False), fault) == (fault is not None and e0.failures == 3)
     assert e0.out_until is not None
 
 
