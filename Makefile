@@ -46,6 +46,7 @@ test-fast: install browser
 bench: model
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/judge.py
+	$(BIN)/python bench/overhead.py
 
 clean:
 	rm -rf $(VENV) outputs/*/

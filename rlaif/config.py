@@ -27,11 +27,12 @@ class ModelConfig:
     kv_cache_gb: float = 2.0  # vllm on CPU: KV-cache size; the default would reserve most of the RAM
     enforce_eager: bool | None = None  # vllm: None keeps the backend's measured default
     batch_size: int = 16  # hf: sequences per `generate` call
-    base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
+    base_url: str | tuple[str, ...] | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1, or a list (a pool)
     api_key_env: str | None = None  # openai: NAME of the environment variable holding the key (never the key)
-    max_concurrency: int = 8  # openai: requests in flight at once
+    max_concurrency: int = 8  # openai: requests in flight at once, per server
     request_timeout: float = 60.0  # openai: seconds per request before it is retried
     max_retries: int = 5  # openai: retries on 429, 5xx, timeouts and malformed replies (exponential backoff)
+    endpoint_cooldown: float = 10.0  # openai pool: seconds a failing server sits out before it is tried again
 
 
 @dataclass(frozen=True)

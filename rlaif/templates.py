@@ -36,6 +36,7 @@ class Templates:
             trim_blocks=True,
             lstrip_blocks=True,
             autoescape=autoescape,  # on for HTML (the run report), off for prompts
+            auto_reload=False,  # no stat() of every imported template on every render: files do not change mid-run
         )
         self._cache: dict[str, jinja2.Template] = {}
 
