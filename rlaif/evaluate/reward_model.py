@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..inputs import jsonl_objects
 from .stats import wilson_ci
 from .winrate import _write
 
@@ -15,14 +16,8 @@ def _read_jsonl(path: Path):
     import datasets
 
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"not valid JSON ({e.msg})", str(path), n) from None
-        missing = [c for c in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or c not in row]
+    for n, row in jsonl_objects(path):
+        missing = [c for c in ("prompt", "chosen", "rejected") if c not in row]
         if missing:
             raise UserError(f"pair has no {', '.join(missing)}", str(path), n)
         rows.append(row)
