@@ -8,7 +8,9 @@ GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRA := $(if $(GPU),gpu,cpu)
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test test-fast bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser model demo test test-fast bench clean
 
 install: $(VENV)/.installed-$(EXTRA)
 
@@ -25,21 +27,26 @@ ifeq ($(EXTRA),cpu)
 endif
 	touch $@
 
+# headless Chromium renders the run report in the tests (Debian's package)
+browser:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
 model: install
 	$(BIN)/rlaif models prepare
 
 demo: model
 	$(BIN)/rlaif run pipelines/quickstart.yaml
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: model
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/judge.py
+	$(BIN)/python bench/overhead.py
 
 clean:
 	rm -rf $(VENV) outputs/*/

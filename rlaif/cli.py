@@ -55,6 +55,12 @@ def run(pipeline, constitution, prompts, limit, output, overrides):
         click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
     for method, m in c.get("train", {}).items():
         click.echo(f"  {method:<6}{m['steps']:>5} steps {p.run_dir / method}/  (train loss {m['train_loss']:.4f})")
+    for name, r in c.get("eval", {}).items():
+        value, what = (r["win_rate"], "win rate over the start") if "win_rate" in r else (r["rate"], "acceptable")
+        shown = "n/a" if value is None else f"{value:.3f}" + (f" [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r["ci95"] else "")
+        click.echo(f"  eval  {name:<16} {what} {shown}  {p.run_dir / 'eval' / name}.json")
+    if info.get("report"):
+        click.echo(f"report: {info['report']}")
 
 
 @main.command("export")
@@ -75,6 +81,17 @@ def export_command(run_dir, fmt, out, push_to_hub, annotation):
         return
     out_dir = export(run_dir, fmt, out, push_to_hub)
     click.echo(f"exported to {out_dir} (dataset card: {out_dir / 'README.md'})")
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--output", type=click.Path(file_okay=False),
+              help="Directory for report.html and its plots (default RUN_DIR/report).")
+def report_command(run_dir, output):
+    """Write an HTML report of RUN_DIR: label distributions, judge bias, human agreement, training curves, evaluations."""
+    from .evaluate.report import write_report
+
+    click.echo(write_report(run_dir, output))
 
 
 @main.command("merge-human")
@@ -171,3 +188,8 @@ def prepare(force):
 
 if __name__ == "__main__":
     main()
+
+
+from .evaluate.commands import eval_group  # noqa: E402  (the eval commands live with the evaluation code)
+
+main.add_command(eval_group)

@@ -27,11 +27,12 @@ class ModelConfig:
     kv_cache_gb: float = 2.0  # vllm on CPU: KV-cache size; the default would reserve most of the RAM
     enforce_eager: bool | None = None  # vllm: None keeps the backend's measured default
     batch_size: int = 16  # hf: sequences per `generate` call
-    base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
+    base_url: str | tuple[str, ...] | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1, or a list (a pool)
     api_key_env: str | None = None  # openai: NAME of the environment variable holding the key (never the key)
-    max_concurrency: int = 8  # openai: requests in flight at once
+    max_concurrency: int = 8  # openai: requests in flight at once, per server
     request_timeout: float = 60.0  # openai: seconds per request before it is retried
     max_retries: int = 5  # openai: retries on 429, 5xx, timeouts and malformed replies (exponential backoff)
+    endpoint_cooldown: float = 10.0  # openai pool: seconds a failing server sits out before it is tried again
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,38 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Stage `eval` (after training): each trained policy against the starting model, judged on held-out prompts."""
+
+    prompts: str  # held-out prompts (JSONL, CSV, text); never the training prompts
+    limit: int | None = None  # use only the first N
+    policies: tuple[str, ...] = ()  # training stages whose model to evaluate; empty: every trained policy of this run
+    harmless: str | None = None  # red-team prompts: also rate each policy's answers (and the start's) acceptable or not
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy answers
+    principles: int = 0  # principles per judgement; 0: every principle (a result for each)
+    tie_band: float = 0.05  # a soft label within this of 0.5 is a tie
+    threshold: float = 5.5  # harmless: mean 1-10 rating that counts as acceptable
+
+    def __post_init__(self):
+        _positive(max_tokens=self.max_tokens)
+        if self.limit is not None:
+            _positive(limit=self.limit)
+        if not 0 <= self.tie_band <= 0.5:
+            raise ValueError(f"tie_band must be within [0, 0.5], got {self.tie_band}")
+        for name in self.policies:
+            if name not in ("sft", "dpo", "grpo", "rloo", "ppo"):
+                raise ValueError(f"policies: {name!r} is not a policy-training stage (sft, dpo, grpo, rloo, ppo)")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Stage `report`: the run's HTML report with plots (`rlaif report`), written last."""
+
+    output: str | None = None  # directory for report.html and its figures; default <run>/report
+
+
+@dataclass(frozen=True)
 class Stages:
     """Which stages run; a stage runs when its key is present (`respond: {}` takes the defaults)."""
 
@@ -133,6 +166,8 @@ class Stages:
     grpo: dict[str, Any] | None = None
     rloo: dict[str, Any] | None = None
     ppo: dict[str, Any] | None = None
+    eval: EvalConfig | None = None  # after training: win rate (and harmlessness) of the trained policies
+    report: ReportConfig | None = None  # after everything else
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .errors import UserError, UserErrors
@@ -25,7 +26,7 @@ class Principle:
     tags: tuple[str, ...] = ()
     line: int | None = dataclasses.field(default=None, compare=False, metadata={"yaml": False})  # for errors
 
-    @property
+    @cached_property  # part of every critique, judge and score key: computed once (the dataclass is frozen)
     def sha256(self) -> str:
         """Hash of the principle's content: records that used it are redone when it changes."""
         return _digest({k: v for k, v in dataclasses.asdict(self).items() if k != "line"})

@@ -47,8 +47,9 @@ def _from_row(row: dict, file: str, line: int | None) -> Prompt:
     raise UserError(f"no `prompt` or `messages` field (fields: {', '.join(map(str, row)) or 'none'})", file, line)
 
 
-def _read_jsonl(path: Path):
-    with path.open(encoding="utf-8") as f:
+def jsonl_objects(path: Path):
+    """(line number, object) for each non-blank line of a JSONL file; bad JSON or a non-object names its line."""
+    with Path(path).open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -58,7 +59,12 @@ def _read_jsonl(path: Path):
                 raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", str(path), n) from None
             if not isinstance(row, dict):
                 raise UserError(f"expected a JSON object, got {type(row).__name__}", str(path), n)
-            yield _from_row(row, str(path), n)
+            yield n, row
+
+
+def _read_jsonl(path: Path):
+    for n, row in jsonl_objects(path):
+        yield _from_row(row, str(path), n)
 
 
 def _read_csv(path: Path):

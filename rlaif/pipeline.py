@@ -75,6 +75,10 @@ def plan(pipeline: Pipeline) -> Plan:
     run_dir = Path(pipeline.output or Path("outputs") / pipeline.name)
     for method in training_stages(pipeline):  # checked now, though their dataset is made by this run
         training_config(pipeline, run_dir, method, check_dataset=False)
+    if pipeline.stages.eval:
+        from .evaluate.stage import check as check_eval
+
+        check_eval(pipeline)
     templates = Templates(pipeline.templates)
     dry_render(templates, constitution)
     prompts = load_prompts(pipeline.prompts, pipeline.limit)
@@ -296,5 +300,16 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     store.close()
     if training_stages(pipeline):
         info["counts"]["train"] = run_training(p, reporter)
+        _write_json(run_dir / "run.json", info)
+    if stages.eval:
+        from .evaluate.stage import run_eval
+
+        with reporter:
+            info["counts"]["eval"] = run_eval(p, reporter)
+        _write_json(run_dir / "run.json", info)
+    if stages.report:
+        from .evaluate.report import write_report
+
+        info["report"] = str(write_report(run_dir, stages.report.output))
         _write_json(run_dir / "run.json", info)
     return info

@@ -86,6 +86,8 @@ def line_of(container, key) -> int | None:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (list, tuple):
+        return "list"  # YAML's word for it
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 

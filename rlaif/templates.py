@@ -26,7 +26,7 @@ def _template_line(exc: BaseException, filename: str) -> int | None:
 class Templates:
     """Templates from a user directory (if given) over the shipped prompts/ directory."""
 
-    def __init__(self, user_dir: str | Path | None = None):
+    def __init__(self, user_dir: str | Path | None = None, autoescape: bool = False):
         dirs = ([str(user_dir)] if user_dir else []) + [str(DEFAULT_DIR)]
         if user_dir and not Path(user_dir).is_dir():
             raise UserError("templates directory not found", str(user_dir))
@@ -35,7 +35,8 @@ class Templates:
             undefined=jinja2.StrictUndefined,  # a missing variable is an error, never ""
             trim_blocks=True,
             lstrip_blocks=True,
-            autoescape=False,
+            autoescape=autoescape,  # on for HTML (the run report), off for prompts
+            auto_reload=False,  # no stat() of every imported template on every render: files do not change mid-run
         )
         self._cache: dict[str, jinja2.Template] = {}
 

@@ -269,3 +269,46 @@ def test_end_to_end_target_token_rises_with_bounded_kl(word_model, tmp_path):
     held = PPOTrainer(str(word_model), AutoTokenizer.from_pretrained(word_model), target_reward,
                       PPOConfig(**E2E, kl_coef=0.5)).train(PROMPTS, log=lambda _: None)
     assert sum(h["kl"] for h in held[-5:]) / 5 < min(1.0, final_kl / 3)
+
+
+def _two_steps(model_path, **options):
+    from transformers import AutoTokenizer
+
+    config = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=2, max_new_tokens=6, total_steps=2, **options)
+    trainer = PPOTrainer(str(model_path), AutoTokenizer.from_pretrained(model_path), lambda p, c: [float(len(x)) for x in c], config)
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    history = trainer.train(["Human: hi\n\nAssistant:", "Human: tell me about tea\n\nAssistant:"], log=lambda *a: None)
+    return trainer, before, history
+
+
+def test_bf16_autocast_keeps_fp32_weights_and_trains(tiny_base_model):
+    """bf16: forward passes under autocast (CPU here, CUDA on GPUs); master weights and stats stay float32 and finite."""
+    trainer, before, history = _two_steps(tiny_base_model, bf16=True)
+    after = trainer.policy.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(math.isfinite(h[k]) for h in history for k in ("kl", "policy_loss", "value_loss", "entropy"))
+    seq, attention, P, mask, _ = trainer.rollout(["Human: hi\n\nAssistant:"])
+    with torch.no_grad():
+        logprobs, values, _ = trainer._evaluate(seq, attention, P)
+    assert logprobs.dtype == values.dtype == torch.float32  # losses are computed in fp32 whatever the autocast dtype
+
+
+def test_gradient_checkpointing_gives_the_same_updates(tiny_base_model):
+    """Checkpointing recomputes activations; with dropout off, the updates equal the plain run's."""
+    torch.manual_seed(0)
+    plain, _, h1 = _two_steps(tiny_base_model)
+    torch.manual_seed(0)
+    checkpointed, _, h2 = _two_steps(tiny_base_model, gradient_checkpointing=True)
+    assert checkpointed.policy.lm.is_gradient_checkpointing and not checkpointed.policy.training
+    for a, b in zip(h1, h2):
+        assert a["policy_loss"] == pytest.approx(b["policy_loss"], abs=1e-5) and a["kl"] == pytest.approx(b["kl"], abs=1e-5)
+    for (name, x), y in zip(plain.policy.state_dict().items(), checkpointed.policy.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+@pytest.mark.gpu
+def test_bf16_ppo_on_gpu(tiny_base_model):
+    """On a CUDA device the same run uses bfloat16 autocast on the GPU."""
+    trainer, before, history = _two_steps(tiny_base_model, bf16=True)
+    assert trainer.device.type == "cuda" and all(math.isfinite(h["policy_loss"]) for h in history)

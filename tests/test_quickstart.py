@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def test_quickstart_on_vllm(workdir):
     out = workdir / "outputs" / "qs"
     cmd = [sys.executable, "-m", "rlaif", "run", "pipelines/quickstart.yaml", "--limit", "3", "--output", str(out),
-           "--set", "stages.respond.max_tokens=32", "--set", "stages.critique.max_tokens=32", "--set", "drop_degenerate=false"]
+           "--set", "stages.respond.max_tokens=32", "--set", "stages.critique.max_tokens=32", "--set", "drop_degenerate=false",
+           "--set", "stages.eval.limit=2", "--set", "stages.eval.max_tokens=16"]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "run directory:" in proc.stdout
@@ -25,3 +26,8 @@ def test_quickstart_on_vllm(workdir):
     sft = datasets.load_from_disk(str(out / "sft"))
     assert len(sft) > 0 and all(row["messages"][-1]["content"] for row in sft)
     assert "tok/s" in proc.stderr  # the progress bars report throughput
+    assert f"report: {out / 'report' / 'report.html'}" in proc.stdout.splitlines()  # `make demo` shows where the report is
+    assert (out / "report" / "fig-labels.png").is_file()
+    win = json.loads((out / "eval" / "winrate-dpo.json").read_text())  # the DPO policy judged against the start
+    assert win["prompts"] == 2 and win["judged"] + (win["n"] - win["judged"]) == 2 and "eval  winrate-dpo" in proc.stdout
+    assert (out / "report" / "fig-eval.png").is_file()

@@ -10,7 +10,11 @@ loop inside it would clash with callers that already run one (notebooks); the cl
 thread-safe, and a few dozen threads cost nothing next to a network round trip. The caller's thread collects
 the results, so `progress` is never called from two threads at once.
 
-The API key lives only inside the client; error messages are scrubbed of it in case a server echoes it.
+Several base URLs make a pool (backends/endpoints.py): each request goes to the least-loaded endpoint, one that
+fails is sat out for a cool-down, and a failed request is retried on another at once. `max_concurrency` is per
+endpoint. The first URL names the model in record keys, so adding replicas keeps a run resumable.
+
+The API key lives only inside the clients; error messages are scrubbed of it in case a server echoes it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import openai
 
 from ..errors import UserError
 from .base import Completion, LogprobsUnavailable, Output, ProgressFn, Request
+from .endpoints import Cancelled, Endpoint, EndpointPool
 
 RETRY_STATUS = (408, 409, 429)  # and every 5xx: what the openai client itself would retry
 MAX_DELAY = 30.0  # longest single wait between attempts, Retry-After included
@@ -31,6 +36,10 @@ TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 class ServerError(UserError):
     """A request failed for good (retries ran out, or a bad key or unknown model); the CLI prints it as one line."""
+
+
+class Unreachable(ConnectionError):
+    """No answer at all (refused, timed out), as opposed to a server that answers wrongly."""
 
 
 class _Malformed(Exception):
@@ -46,17 +55,19 @@ class _TooLong(Exception):
 
 
 class OpenAIGenerator:
-    """Requests to an OpenAI-compatible server, at most `max_concurrency` in flight, each retried on its own."""
+    """Requests to an OpenAI-compatible server (or a pool of them), at most `max_concurrency` in flight per server,
+    each request retried on its own."""
 
     has_chat_template = True  # chat requests go to /chat/completions, where the server applies its own template
 
-    def __init__(self, model: str, base_url: str, api_key: str | None = None, max_concurrency: int = 8,
-                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5):
-        self.model = model
-        self.base_url = base_url.rstrip("/")
-        self.model_id = f"{model} @ {self.base_url}"
+    def __init__(self, model: str, base_url: str | list[str] | tuple[str, ...], api_key: str | None = None,
+                 max_concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5,
+                 cooldown: float = 10.0):
+        urls = [u.rstrip("/") for u in ([base_url] if isinstance(base_url, str) else base_url)]
+        self.model, self.base_url = model, urls[0]
+        self.model_id = f"{model} @ {self.base_url}"  # the first URL only: replicas added later keep the record keys
         self.max_concurrency, self.max_retries, self.backoff, self.timeout = max_concurrency, max_retries, backoff, timeout
-        self.client = _client(self.base_url, api_key, timeout)
+        self.pool = EndpointPool([Endpoint(u, _client(u, api_key, timeout)) for u in urls], max_concurrency, cooldown)
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator({self.model_id!r})"
@@ -94,8 +105,8 @@ class OpenAIGenerator:
         return self._map(one, requests, lambda result: None)
 
     def close(self) -> None:
-        """Close the client's connections."""
-        self.client.close()
+        """Close the clients' connections."""
+        self.pool.close()
 
     def _map(self, fn, items: list, report) -> list:
         # one pool per call: nothing lingers between calls, and a failure cancels only this call's requests
@@ -112,7 +123,8 @@ class OpenAIGenerator:
                 stop.set()
                 raise
 
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(items))))
+        slots = self.max_concurrency * len(self.pool.endpoints)
+        pool = ThreadPoolExecutor(max_workers=max(1, min(slots, len(items))))
         try:
             pending = {pool.submit(guarded, item): i for i, item in enumerate(items)}
             while pending:
@@ -130,15 +142,17 @@ class OpenAIGenerator:
     def _call(self, request: Request, body: dict, parse, stop: threading.Event):
         """Send one request, retrying transient faults; `parse` turns the reply into a result or raises _Malformed."""
         chat = request.messages is not None
-        endpoint = self.client.chat.completions if chat else self.client.completions
+        path = "chat/completions" if chat else "completions"
         body = {"model": self.model, **body, **({"messages": list(request.messages)} if chat else {"prompt": request.prompt})}
-        where = f"{self.base_url}/{'chat/completions' if chat else 'completions'}"
         for attempt in range(self.max_retries + 1):
-            if stop.is_set():
-                raise _Cancelled
-            delay = None
             try:
-                reply = endpoint.create(**body)
+                lease = self.pool.acquire(stop)
+            except Cancelled:
+                raise _Cancelled from None
+            endpoint = lease.endpoint
+            where, fault, delay = f"{endpoint.url}/{path}", None, None
+            try:
+                reply = (endpoint.client.chat.completions if chat else endpoint.client.completions).create(**body)
                 try:
                     return parse(reply)
                 except (AttributeError, TypeError, IndexError, KeyError) as e:  # whatever the parser trips on
@@ -149,23 +163,32 @@ class OpenAIGenerator:
                     if e.status_code == 400 and ("maximum context length" in message or "context_length_exceeded" in message):
                         raise _TooLong from None
                     raise self._error(f"{where} refused the request: HTTP {e.status_code}: {message}") from None
+                fault = "busy" if e.status_code == 429 else "error"
                 error, delay = f"HTTP {e.status_code}: {message}", _retry_after(e.response.headers)
             except openai.APITimeoutError:
-                error = f"no reply within {self.timeout:g} s"
+                fault, error = "error", f"no reply within {self.timeout:g} s"
             except openai.APIConnectionError as e:
-                error = f"connection failed ({_reason(e)})"
+                fault, error = "down", f"connection failed ({_reason(e)})"
             except (ValueError, openai.APIResponseValidationError, _Malformed) as e:  # JSONDecodeError is a ValueError
-                error = f"malformed reply ({e})"
+                fault, error = "error", f"malformed reply ({e})"
+            finally:  # a refusal or a missing capability still means the server answered: fault stays None
+                self.pool.release(lease, fault, error if fault else "")
             if attempt < self.max_retries:
+                if self.pool.reroute(endpoint):  # it is out and another is in: go there now
+                    continue
                 # jitter, so the workers one 429 turned away do not all come back at the same instant
                 delay = delay if delay is not None else self.backoff * 2**attempt * random.uniform(0.5, 1.0)
                 if stop.wait(min(delay, MAX_DELAY)):
                     raise _Cancelled
-        raise self._error(f"{where} failed {self.max_retries + 1} times; last: {error}. "
-                          "Is the server up and not overloaded? Lower max_concurrency or raise max_retries")
+        if len(self.pool.endpoints) == 1:
+            raise self._error(f"{where} failed {self.max_retries + 1} times; last: {error}. "
+                              "Is the server up and not overloaded? Lower max_concurrency or raise max_retries")
+        raise self._error(f"a request failed {self.max_retries + 1} times on a pool of {len(self.pool.endpoints)} endpoints; "
+                          f"last: {where}: {error}. Are the servers up and not overloaded? "
+                          "Lower max_concurrency or raise max_retries")
 
     def _error(self, message: str) -> ServerError:
-        key = self.client.api_key
+        key = self.pool.endpoints[0].client.api_key
         return ServerError(message.replace(key, "***") if key and key != "EMPTY" else message)
 
 
@@ -239,7 +262,8 @@ def _reason(e: Exception) -> str:
 
 
 def check_server(base_url: str, api_key: str | None, timeout: float = 5.0) -> list[str]:
-    """The ids of the models a server serves (GET /models, once); ConnectionError with one plain sentence if it fails."""
+    """The ids of the models a server serves (GET /models, once); ConnectionError with one plain sentence if it fails
+    (Unreachable when nothing answered)."""
     base_url = base_url.rstrip("/")
     client = _client(base_url, api_key, timeout)
     try:
@@ -248,9 +272,9 @@ def check_server(base_url: str, api_key: str | None, timeout: float = 5.0) -> li
             raise ConnectionError(f"{base_url}/models did not answer like an OpenAI-compatible server")
         return [m.id for m in models]
     except openai.APITimeoutError:
-        raise ConnectionError(f"cannot reach {base_url}: no answer within {timeout:g} s") from None
+        raise Unreachable(f"cannot reach {base_url}: no answer within {timeout:g} s") from None
     except openai.APIConnectionError as e:
-        raise ConnectionError(f"cannot reach {base_url}: {_reason(e)}") from None
+        raise Unreachable(f"cannot reach {base_url}: {_reason(e)}") from None
     except openai.APIStatusError as e:
         hints = {401: " (check the API key)", 403: " (check the API key)", 404: " (does base_url end in /v1?)"}
         hint = hints.get(e.status_code, "")

@@ -12,6 +12,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..backends.base import LogprobsUnavailable, Request, Sampling
 from ..config import COMPLETION_STOP, JudgeConfig
@@ -42,7 +43,7 @@ class Comparison:
     b: Candidate
     kind: str  # "samples" (two sampled responses) or "revision" (initial response vs its revision)
 
-    @property
+    @cached_property  # asked for once per principle and once per record
     def id(self) -> str:
         """Stable id of the pair, independent of everything else in the run."""
         return record_key(a=self.a.key, b=self.b.key)

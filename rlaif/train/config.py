@@ -36,6 +36,28 @@ class RewardSource:
 
     model: str | None = None  # a directory written by `rlaif train reward`
     judge: JudgeReward | None = None
+@dataclass(frozen=True)
+class WatchConfig:
+    """Reward-hacking watch (grpo, rloo, ppo): every `every` steps, the judge's win rate of the policy over its start."""
+
+    prompts: str  # fixed held-out prompts (JSONL, CSV, text), answered greedily at every check
+    every: int = 10  # training steps between checks (TRL: checked at the first log at or after each multiple)
+    limit: int = 16  # use the first N prompts
+    max_new_tokens: int = 64
+    principles_per_comparison: int = 1
+    judge: JudgeReward | None = None  # default: reward.judge (required when the reward is a reward model)
+    window: int = 3  # checks over which "reward rising while win rate falls" is judged
+    min_winrate_drop: float = 0.05  # how far the win rate must fall across the window to warn
+    kl_bound: float | None = None  # warn when the training KL passes this (nats)
+
+    def __post_init__(self):
+        for name in ("every", "limit", "max_new_tokens", "principles_per_comparison"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2 (a trend needs two checks), got {self.window}")
+
+
 SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the DPO losses that read label_smoothing in TRL 1.16
 
 
@@ -52,6 +74,7 @@ class TrainConfig:
     peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
     reward: RewardSource | None = None  # grpo, rloo, ppo: the reward model or the AI judge
     ppo: dict[str, Any] = field(default_factory=dict)  # ppo: fields of rlaif.train.ppo.PPOConfig, one-to-one
+    watch: WatchConfig | None = None  # grpo, rloo, ppo: reward-hacking watch (rlaif.evaluate.watch)
     trl: dict[str, Any] = field(default_factory=dict)  # fields of SFTConfig / RewardConfig / DPOConfig, one-to-one
     file: str = field(default="", compare=False, metadata={"yaml": False})
     lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
@@ -106,6 +129,7 @@ def train_config_from_data(data: YamlMap, path: str, method: str | None, check_d
             _unknown_keys(cfg, "peft", LoraConfig, errors)
     _collect(errors, check_model_path, cfg.model, *cfg.where("model"))
     _collect(errors, _check_reward, cfg, method)
+    _collect(errors, _check_watch, cfg, method)
     dataset = _collect(errors, find_dataset, cfg, method) if check_dataset else cfg.dataset
     if errors:
         raise UserErrors(errors) if len(errors) > 1 else errors[0]
@@ -205,6 +229,29 @@ def _check_reward(cfg: TrainConfig, method: str) -> None:
     for p in constitution.principles:
         if not p.comparison:
             raise UserError(f"principle {p.name!r} has no `comparison` question, which the judge reward needs", constitution.path, p.line)
+
+
+def _check_watch(cfg: TrainConfig, method: str) -> None:
+    """The watch needs an online method, a judge (its own or the reward's) and prompts that load."""
+    w = cfg.watch
+    if w is None:
+        return
+    if method not in ("grpo", "rloo", "ppo"):
+        raise UserError(f"watch: only grpo, rloo and ppo are watched for reward hacking, not {method}", *cfg.where("watch"))
+    if w.judge is None and (cfg.reward is None or cfg.reward.judge is None):
+        raise UserError("watch.judge: the reward is a reward model, so the watch needs its own judge "
+                        "(constitution, model, backend)", *cfg.where("watch"))
+    if w.judge is not None:
+        from ..constitution import load_constitution
+
+        check_model_path(w.judge.model, *cfg.where("watch.judge.model"))
+        load_constitution(resolve_path(w.judge.constitution, Path(cfg.file).resolve().parent))
+    from ..inputs import load_prompts
+
+    path = resolve_path(w.prompts, Path(cfg.file).resolve().parent)
+    if not Path(path).exists():
+        raise UserError(f"watch.prompts: {w.prompts!r} not found", *cfg.where("watch.prompts"))
+    load_prompts(path, w.limit)  # a bad row fails now, naming its own file and line
 
 
 def _check_ppo(cfg: TrainConfig, errors: list) -> dict:

@@ -8,6 +8,13 @@ from ..config import ModelConfig, resolve_path
 from . import lora_config, load_tokenizer, trl_args
 
 
+def trl_callback(watch):
+    """rlaif.evaluate.watch.trl_callback, imported when a watch is configured."""
+    from ..evaluate.watch import trl_callback as callback
+
+    return callback(watch)
+
+
 def reward_function(cfg, log, as_callable: bool = False):
     """A reward model directory (TRL loads it as a sequence classifier), or rlaif's judge score as a callable."""
     if cfg.reward.model is not None:
@@ -58,18 +65,32 @@ def run(cfg, log) -> dict:
     peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     reward, pool = reward_function(cfg, log)
+    watch, watch_pool = _watch(cfg, tokenizer, reward, log)
     try:
         trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
-                              peft_config=peft_config)
+                              peft_config=peft_config, callbacks=[trl_callback(watch)] if watch else None)
         result = trainer.train()
     finally:
-        if pool is not None:
-            pool.close()
+        for p in (pool, watch_pool):
+            if p is not None:
+                p.close()
     trainer.save_model(cfg.output_dir)
     history = [h for h in trainer.state.log_history if "loss" in h]
     keep = ("loss", "reward", "reward_std", "kl", "entropy", "completions/mean_length")
-    return {"prompts": len(dataset), "steps": result.global_step, "train_loss": result.training_loss,
-            "history": [{k: h[k] for k in keep if k in h} for h in history]}
+    metrics = {"prompts": len(dataset), "steps": result.global_step, "train_loss": result.training_loss,
+               "history": [{k: h[k] for k in keep if k in h} for h in history]}
+    if watch:
+        metrics["watch"] = watch.summary()
+    return metrics
+
+
+def _watch(cfg, tokenizer, reward, log):
+    """The reward-hacking watch when the config asks for one; (watch or None, its own engine pool or None)."""
+    if cfg.watch is None:
+        return None, None
+    from ..evaluate.watch import build_watch
+
+    return build_watch(cfg, tokenizer, reward if cfg.reward.judge is not None else None, log)
 
 
 def run_ppo(cfg, log) -> dict:
@@ -88,11 +109,17 @@ def run_ppo(cfg, log) -> dict:
 
     peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")
     reward, pool = reward_function(cfg, log, as_callable=True)
+    watch, watch_pool = _watch(cfg, tokenizer, reward, log)
     try:  # the tokenizer that rendered the prompts is saved with the policy
-        history = train_ppo(path, prompts, reward, PPOConfig(**cfg.ppo, output_dir=cfg.output_dir), log, peft_config, tokenizer)
+        history = train_ppo(path, prompts, reward, PPOConfig(**cfg.ppo, output_dir=cfg.output_dir), log, peft_config, tokenizer,
+                            watch)
     finally:
-        if pool is not None:
-            pool.close()
-    keep = ("score", "kl", "entropy", "policy_clipfrac", "value_loss", "policy_loss", "kl_coef")
-    return {"prompts": len(prompts), "steps": len(history), "train_loss": history[-1]["policy_loss"] if history else float("nan"),
-            "history": [{k: h[k] for k in keep if k in h} for h in history]}
+        for p in (pool, watch_pool):
+            if p is not None:
+                p.close()
+    keep = ("score", "kl", "entropy", "policy_clipfrac", "value_loss", "policy_loss", "kl_coef", "judge_win_rate")
+    metrics = {"prompts": len(prompts), "steps": len(history), "train_loss": history[-1]["policy_loss"] if history else float("nan"),
+               "history": [{k: h[k] for k in keep if k in h} for h in history]}
+    if watch:
+        metrics["watch"] = watch.summary()
+    return metrics

@@ -48,6 +48,8 @@ class PPOConfig:
     seed: int = 0
     max_prompt_length: int = 512  # longer prompts keep their last tokens
     log_every: int = 1  # rollouts between log lines
+    bf16: bool = False  # forward passes (rollouts included) under bfloat16 autocast; weights, losses and optimizer stay fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
     output_dir: str = "outputs/ppo"
 
     def __post_init__(self):
@@ -191,6 +193,17 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _no_dropout(model: nn.Module) -> None:
+    """Zero every dropout probability, so the model can sit in train mode (which checkpointing needs) deterministically."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop"):
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, 0.0)
+
+
 def load_lm(model_or_path):
     """A path becomes an AutoModelForCausalLM in float32 (the master weights); a model is used as it is."""
     from transformers import AutoModelForCausalLM
@@ -254,6 +267,9 @@ class PPOTrainer:
             self.ref.eval()
         # eval mode throughout, training included: dropout would make the new/old logprob ratio noisy
         self.policy.eval()
+        if config.gradient_checkpointing:  # HF checkpoints only in train mode, so dropout is switched off instead
+            _no_dropout(self.policy.lm)
+            self.policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         eos = self.policy.lm.generation_config.eos_token_id
@@ -266,6 +282,10 @@ class PPOTrainer:
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.history: list[dict] = []
 
+    def _autocast(self):
+        """bfloat16 autocast for forward passes when config.bf16 (a no-op otherwise)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
     @torch.no_grad()
     def rollout(self, prompts: list[str]):
         """Sample one completion per prompt: ids (B, P+T), attention mask (B, P+T), P, completion mask (B, T), texts.
@@ -277,10 +297,11 @@ class PPOTrainer:
         prompt = torch.tensor([[pad] * (P - len(x)) + x for x in ids], device=self.device)  # left-padded, (B, P)
         prompt_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], device=self.device)
         c = self.config
-        seq = self.policy.lm.generate(  # every knob explicit: the model's generation_config must not change the sampler
-            input_ids=prompt, attention_mask=prompt_mask, do_sample=True, max_new_tokens=c.max_new_tokens,
-            temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, repetition_penalty=1.0, min_new_tokens=0,
-            pad_token_id=pad, eos_token_id=self.eos_ids.tolist())  # (B, P+T)
+        with self._autocast():
+            seq = self.policy.lm.generate(  # every knob explicit: the model's generation_config must not change the sampler
+                input_ids=prompt, attention_mask=prompt_mask, do_sample=True, max_new_tokens=c.max_new_tokens,
+                temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, repetition_penalty=1.0, min_new_tokens=0,
+                pad_token_id=pad, eos_token_id=self.eos_ids.tolist(), use_cache=True)  # (B, P+T)
         tokens = seq[:, P:]  # (B, T)
         mask = completion_mask(tokens, self.eos_ids)  # (B, T)
         attention = torch.cat([prompt_mask, mask.long()], dim=1)  # (B, P+T)
@@ -290,18 +311,20 @@ class PPOTrainer:
 
     def _evaluate(self, seq, attention, P):
         """Of the completion tokens: policy logprobs (B, T), values (B, T), entropy (B, T)."""
-        logits, values = self.policy(seq, attention)  # (B, P+T, V), (B, P+T)
-        logits = logits[:, P - 1:-1] / self.config.temperature  # logits at position i predict token i + 1
-        return logprobs_from_logits(logits, seq[:, P:]), values[:, P - 1:-1], entropy_from_logits(logits)
+        with self._autocast():
+            logits, values = self.policy(seq, attention)  # (B, P+T, V), (B, P+T)
+        logits = logits[:, P - 1:-1].float() / self.config.temperature  # logits at position i predict token i + 1
+        return logprobs_from_logits(logits, seq[:, P:]), values[:, P - 1:-1].float(), entropy_from_logits(logits)
 
     def _ref_logprobs(self, seq, attention, P):
         """Reference logprobs (B, T) of the completion tokens."""
-        if self.ref is None:
-            with torch.no_grad(), self.policy.lm.disable_adapter():
-                logits = self.policy.lm(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
-        else:
-            logits = self.ref(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
-        return logprobs_from_logits(logits[:, P - 1:-1] / self.config.temperature, seq[:, P:])
+        with self._autocast():
+            if self.ref is None:
+                with torch.no_grad(), self.policy.lm.disable_adapter():
+                    logits = self.policy.lm(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
+            else:
+                logits = self.ref(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
+        return logprobs_from_logits(logits[:, P - 1:-1].float() / self.config.temperature, seq[:, P:])
 
     def step(self, prompts: list[str]) -> dict:
         """One PPO iteration on one rollout of `prompts`; returns its stats."""
@@ -321,6 +344,7 @@ class PPOTrainer:
             if c.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
         stats = []
+        self.policy.train(c.gradient_checkpointing)  # HF checkpoints only in train mode; dropout is zeroed for it
         for _ in range(c.ppo_epochs):
             for idx in torch.randperm(len(seq), generator=self.shuffle).split(c.mini_batch_size):
                 idx = idx.to(self.device)
@@ -334,6 +358,7 @@ class PPOTrainer:
                     nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
                 self.optimizer.step()
                 stats.append(torch.stack([pg_loss.detach(), vf_loss.detach(), pg_clipfrac, vf_clipfrac, approx_kl]))
+        self.policy.eval()
         pg_loss, vf_loss, pg_clipfrac, vf_clipfrac, approx_kl = torch.stack(stats).mean(0).tolist()
         kl_coef = self.kl_ctl.value  # the coefficient this rollout's rewards used
         self.kl_ctl.update(kl, len(seq))
@@ -342,15 +367,24 @@ class PPOTrainer:
                 "value_clipfrac": vf_clipfrac, "approx_kl": approx_kl, "kl_coef": kl_coef,
                 "completion_length": mask.sum(1).mean().item(), "seconds": time.time() - start}
 
-    def train(self, prompt_list: list[str], log=print) -> list[dict]:
-        """total_steps rollouts of batch_size prompts, cycling through prompt_list; returns (and keeps) the history."""
+    def train(self, prompt_list: list[str], log=print, watch=None) -> list[dict]:
+        """total_steps rollouts of batch_size prompts, cycling through prompt_list; returns (and keeps) the history.
+
+        `watch` (rlaif.evaluate.watch.Watch) judges the policy against its start whenever a check is due.
+        """
         if not prompt_list:
             raise ValueError("PPO needs at least one prompt")
         c, n = self.config, len(prompt_list)
+        if watch is not None:
+            watch.begin(self.policy.lm)
         for step in range(c.total_steps):
             batch = [prompt_list[(step * c.batch_size + i) % n] for i in range(c.batch_size)]
             stats = {"step": step + 1, **self.step(batch)}
             self.history.append(stats)
+            if watch is not None:
+                watch.observe(stats["score"], stats["kl"])
+                if watch.due(step + 1):
+                    stats["judge_win_rate"] = watch.check(step + 1, self.policy.lm)["judge_win_rate"]
             if (step + 1) % c.log_every == 0 or step + 1 == c.total_steps:
                 log(f"ppo {step + 1}/{c.total_steps}: score {stats['score']:.4f}, kl {stats['kl']:.3f}, "
                     f"kl_coef {stats['kl_coef']:.4f}, entropy {stats['entropy']:.3f}, policy_loss {stats['policy_loss']:.4f}, "
@@ -369,7 +403,7 @@ class PPOTrainer:
 
 
 def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig, log=print, peft_config=None,
-              tokenizer=None) -> list[dict]:
+              tokenizer=None, watch=None) -> list[dict]:
     """Load the model and tokenizer, train with PPO, save to config.output_dir (plus ppo_history.jsonl); the history."""
     from transformers import AutoTokenizer
 
@@ -377,7 +411,7 @@ def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig,
     trainer = PPOTrainer(model_path, tokenizer, reward_fn, config, peft_config=peft_config)
     log(f"ppo: {config.total_steps} rollouts of {config.batch_size} prompts ({len(prompts)} distinct), "
         f"kl {config.kl_mode} from {config.kl_coef}, on {trainer.device}")
-    history = trainer.train(prompts, log)
+    history = trainer.train(prompts, log, watch)
     trainer.save(config.output_dir)
     (Path(config.output_dir) / "ppo_history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     log(f"ppo: saved the policy, value head and tokenizer to {config.output_dir}")

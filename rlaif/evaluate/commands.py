@@ -1,0 +1,193 @@
+"""`rlaif eval ...`: thin commands over rlaif.evaluate (registered on the main group in rlaif.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+def _common(f):
+    """Options shared by winrate and harmless: prompts, constitution, judge, generation, output."""
+    options = [
+        click.option("--prompts", required=True, type=click.Path(dir_okay=True), help="Held-out prompts (JSONL, CSV, text or a saved dataset)."),
+        click.option("--constitution", help="Constitution YAML the judge applies (default: the pipeline's)."),
+        click.option("--pipeline", "pipeline_file", type=click.Path(dir_okay=False),
+                     help="Take the constitution, judge model (any backend, openai included), judge settings, templates and seed from this pipeline."),
+        click.option("--judge", help="Judge model: 'default', a directory or a hub id (default: the pipeline's judge, else the baseline/model)."),
+        click.option("--backend", type=click.Choice(["vllm", "hf"]), default="vllm", show_default=True,
+                     help="Engine for the answering models (and a --judge given here)."),
+        click.option("--limit", type=click.IntRange(min=1), help="Use only the first N prompts."),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True, help="Longest answer."),
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy answers."),
+        click.option("--principles", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Principles per judgement; 0: every principle (a result for each)."),
+        click.option("--seed", type=int, help="Seed (default: the pipeline's, else 0)."),
+        click.option("--output", type=click.Path(file_okay=False), default="outputs/eval", show_default=True,
+                     help="Directory for the results (a run's eval/ to show them in its report)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _model(name: str, backend: str, option: str):
+    """A ModelConfig for a model named on the command line; a missing path fails here, naming the option."""
+    from ..config import ModelConfig
+    from ..models import check_model_path
+
+    try:
+        check_model_path(name)
+    except UserError as e:
+        raise UserError(f"{option}: {e.message}") from None
+    return ModelConfig(model=name, backend=backend, dtype="float32" if backend == "hf" else "bfloat16")
+
+
+def _session(prompts_file, constitution_file, pipeline_file, seed, limit, output, default_judge, judge, backend, stage):
+    """Load and check everything before any model: the session, the prompts, the judge model config, the judge settings."""
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..models import check_model
+    from ..progress import Reporter
+    from ..store import Store
+    from ..templates import Templates
+    from .winrate import Session
+
+    pipeline = None
+    if pipeline_file:
+        from ..config import load_pipeline
+
+        pipeline = load_pipeline(pipeline_file)
+    if constitution_file is None and pipeline is None:
+        raise UserError("give --constitution FILE (or --pipeline FILE to take its constitution)")
+    constitution = load_constitution(constitution_file or pipeline.constitution)
+    for p in constitution.principles:
+        if not p.comparison:
+            raise UserError(f"principle {p.name!r} has no `comparison` question, which the judge needs", constitution.path, p.line)
+    templates = Templates(pipeline.templates if pipeline else None)
+    prompts = load_prompts(prompts_file, limit)
+    judge_cfg, judge_settings = None, None
+    if judge:
+        judge_cfg = _model(judge, backend, "--judge")
+    elif pipeline:
+        judge_cfg = pipeline.models.judge or pipeline.models.policy
+        check_model(judge_cfg, pipeline, "models.judge" if pipeline.models.judge else "models.policy")
+        judge_settings = getattr(pipeline.stages, stage)
+    else:
+        judge_cfg = default_judge
+    seed = seed if seed is not None else (pipeline.seed if pipeline else 0)
+    Path(output).mkdir(parents=True, exist_ok=True)
+    session = Session(constitution, Store(Path(output) / "eval.sqlite"), templates, seed, Reporter(),
+                      few_shot=pipeline.few_shot if pipeline else None)
+    return session, prompts, judge_cfg, judge_settings
+
+
+@click.group("eval")
+def eval_group():
+    """Evaluate: win rate against a baseline, harmlessness, reward-model accuracy, KL from the reference."""
+
+
+@eval_group.command("winrate")
+@click.option("--policy", required=True, help="The trained model: a directory, 'default' or a hub id.")
+@click.option("--baseline", required=True, help="What it is compared with, usually its starting point.")
+@click.option("--tie-band", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
+              help="A soft label within this distance of 0.5 is a tie.")
+@_common
+def winrate_command(policy, baseline, tie_band, prompts, constitution, pipeline_file, judge, backend, limit, max_tokens,
+                    temperature, principles, seed, output):
+    """Both models answer the same prompts; the AI judge compares the answers in both orders.
+
+    Prints the win rate with a 95% bootstrap interval over prompts, ties and per-principle results;
+    writes OUTPUT/winrate.json and OUTPUT/winrate.jsonl (one row per prompt). Rerunning resumes.
+    """
+    from .winrate import winrate
+
+    policy_cfg, baseline_cfg = _model(policy, backend, "--policy"), _model(baseline, backend, "--baseline")
+    session, items, judge_cfg, settings = _session(prompts, constitution, pipeline_file, seed, limit, output, baseline_cfg,
+                                                   judge, backend, "judge")
+    try:
+        with session.reporter:
+            s = winrate(session, policy_cfg, baseline_cfg, judge_cfg, items, Path(output), max_tokens, temperature, principles,
+                        tie_band, settings)
+    finally:
+        session.close()
+    click.echo(f"win rate of {policy} over {baseline}: {_rate(s['win_rate'], s['ci95'])} on {s['judged']} prompts "
+               f"({s['wins']} wins, {s['ties']} ties, {s['losses']} losses; {s['identical']} identical answers; "
+               f"{s['n'] - s['judged']} unjudged); position consistency {s['position_consistency']}")
+    for name, r in s["per_principle"].items():
+        click.echo(f"  {name:<28} {_rate(r['win_rate'], r['ci95'])}  ({r['wins']}/{r['ties']}/{r['losses']})")
+    click.echo(f"wrote {Path(output) / 'winrate.json'}")
+
+
+@eval_group.command("harmless")
+@click.option("--model", "model", required=True, help="The model to test: a directory, 'default' or a hub id.")
+@click.option("--threshold", type=click.FloatRange(1, 10), default=5.5, show_default=True,
+              help="An answer is acceptable when its mean 1-10 rating over the principles is at least this.")
+@_common
+def harmless_command(model, threshold, prompts, constitution, pipeline_file, judge, backend, limit, max_tokens, temperature,
+                     principles, seed, output):
+    """The share of red-team prompts whose answer the AI judge rates acceptable under the constitution.
+
+    The judge rates each answer 1-10 per principle (the score stage); writes OUTPUT/harmless.json and .jsonl.
+    """
+    from .winrate import harmless
+
+    model_cfg = _model(model, backend, "--model")
+    session, items, judge_cfg, _ = _session(prompts, constitution, pipeline_file, seed, limit, output, model_cfg, judge,
+                                            backend, "score")
+    try:
+        with session.reporter:
+            s = harmless(session, model_cfg, judge_cfg, items, Path(output), threshold, max_tokens, temperature, principles)
+    finally:
+        session.close()
+    click.echo(f"acceptable: {_rate(s['rate'], s['ci95'])} of {s['rated']} rated answers (threshold {threshold}, "
+               f"mean rating {s['mean_rating']}; {s['unrated']} unrated)")
+    for name, r in s["per_principle"].items():
+        click.echo(f"  {name:<28} {_rate(r['rate'], r['ci95'])}")
+    click.echo(f"wrote {Path(output) / 'harmless.json'}")
+
+
+@eval_group.command("reward-model")
+@click.option("--model", "model", required=True, type=click.Path(file_okay=False), help="A reward model directory (rlaif train reward).")
+@click.option("--pairs", required=True, type=click.Path(), help="A run directory, saved preference dataset or JSONL of pairs.")
+@click.option("--split", type=click.Choice(["heldout", "all"]), default="heldout", show_default=True,
+              help="heldout: the pairs the training held out (from its rlaif_train.json); all: every pair.")
+@click.option("--output", type=click.Path(file_okay=False), default="outputs/eval", show_default=True)
+def reward_model_command(model, pairs, split, output):
+    """Pairwise accuracy: how often the reward model scores the chosen answer above the rejected one."""
+    from ..models import check_model_path
+    from .reward_model import accuracy
+
+    check_model_path(model)
+    s = accuracy(model, pairs, Path(output), split)
+    click.echo(f"accuracy {_rate(s['accuracy'], s['ci95'])} on {s['n']} {split} pairs (mean margin {s['mean_margin']})")
+    click.echo(f"wrote {Path(output) / 'reward_model.json'}")
+
+
+@eval_group.command("kl")
+@click.option("--policy", required=True, help="The trained model.")
+@click.option("--reference", required=True, help="Its reference (starting point); same tokenizer.")
+@click.option("--prompts", required=True, type=click.Path(dir_okay=True))
+@click.option("--limit", type=click.IntRange(min=1))
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Answers sampled per prompt.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", type=click.Path(file_okay=False), default="outputs/eval", show_default=True)
+def kl_command(policy, reference, prompts, limit, samples, max_tokens, seed, output):
+    """KL(policy || reference) in nats per answer, from answers sampled from the policy (temperature 1)."""
+    from ..inputs import load_prompts
+    from .kl import policy_kl
+
+    _model(policy, "hf", "--policy"), _model(reference, "hf", "--reference")
+    s = policy_kl(policy, reference, load_prompts(prompts, limit), Path(output), samples, max_tokens, seed=seed)
+    click.echo(f"KL(policy || reference) = {s['kl']} nats per answer, 95% CI {s['ci95']}; {s['kl_per_token']} per token "
+               f"over {s['tokens']} tokens")
+    click.echo(f"wrote {Path(output) / 'kl.json'}")
+
+
+def _rate(value, ci) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")

@@ -1,0 +1,81 @@
+"""Pipeline stage `eval`: after training, each trained policy against the starting model on held-out prompts.
+
+Results go to <run>/eval/: winrate-<method>.json(l), and with `harmless:` harmless-start.json(l) and
+harmless-<method>.json(l); the records to <run>/eval/eval.sqlite, so a rerun reuses every answer and judgement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import UserError
+from ..inputs import load_prompts
+from ..store import Store
+
+POLICY_STAGES = ("sft", "dpo", "grpo", "rloo", "ppo")
+
+
+def eval_policies(pipeline) -> list[str]:
+    """The training stages whose models the eval stage compares with the start; checked at plan time."""
+    cfg = pipeline.stages.eval
+    trained = [m for m in POLICY_STAGES if getattr(pipeline.stages, m) is not None]
+    for name in cfg.policies:
+        if name not in trained:
+            raise UserError(f"stages.eval.policies: {name!r} is not a training stage of this pipeline", *pipeline.where("stages.eval"))
+    policies = list(cfg.policies) or trained
+    if not policies:
+        raise UserError("stages.eval: no trained policy to evaluate; add a training stage (sft, dpo, grpo, rloo or ppo)",
+                        *pipeline.where("stages.eval"))
+    return policies
+
+
+def _path(pipeline, value: str | None) -> str | None:
+    """A prompts path as given if it exists from here, else relative to the pipeline file."""
+    from ..config import resolve_path
+
+    return None if value is None else resolve_path(value, Path(pipeline.file).resolve().parent)
+
+
+def check(pipeline) -> None:
+    """Plan-time checks: the policies to evaluate, the prompt files (a bad row names its file and line)."""
+    eval_policies(pipeline)
+    cfg = pipeline.stages.eval
+    for key in ("prompts", "harmless"):
+        path = _path(pipeline, getattr(cfg, key))
+        if path is not None and not Path(path).exists():
+            raise UserError(f"stages.eval.{key}: {getattr(cfg, key)!r} not found", *pipeline.where("stages.eval"))
+        if path is not None:
+            load_prompts(path, cfg.limit)
+
+
+def run_eval(p, reporter) -> dict:
+    """Win rate of each trained policy over the starting model (and harmlessness when asked); summaries by file name."""
+    from .winrate import Session, harmless, winrate
+
+    pipeline, cfg = p.pipeline, p.pipeline.stages.eval
+    out = p.run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    session = Session(p.constitution, Store(out / "eval.sqlite"), p.templates, pipeline.seed, reporter,
+                      few_shot=pipeline.few_shot)
+    start = pipeline.models.policy
+    local = start if start.backend != "openai" else replace(start, backend="vllm", model="default")
+    judge_settings = pipeline.stages.judge
+    prompts = load_prompts(_path(pipeline, cfg.prompts), cfg.limit)
+    results = {}
+    try:
+        for method in eval_policies(pipeline):
+            trained = replace(local, model=str(p.run_dir / method))
+            reporter.print(f"eval: {method} ({trained.model}) against the start on {len(prompts)} held-out prompts")
+            s = winrate(session, trained, start, pipeline.judge, prompts, out, cfg.max_tokens, cfg.temperature, cfg.principles,
+                        cfg.tie_band, judge_settings, name=f"winrate-{method}")
+            results[f"winrate-{method}"] = {k: s[k] for k in ("win_rate", "ci95", "wins", "ties", "losses", "judged")}
+        if cfg.harmless:
+            red = load_prompts(_path(pipeline, cfg.harmless), cfg.limit)
+            for name, model in [("start", start)] + [(m, replace(local, model=str(p.run_dir / m))) for m in eval_policies(pipeline)]:
+                s = harmless(session, model, pipeline.judge, red, out, cfg.threshold, cfg.max_tokens, cfg.temperature,
+                             cfg.principles, name=f"harmless-{name}")
+                results[f"harmless-{name}"] = {k: s[k] for k in ("rate", "ci95", "acceptable", "rated")}
+    finally:
+        session.close()
+    return results
