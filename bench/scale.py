@@ -74,7 +74,8 @@ def write_results(r: dict) -> None:
         f"{m['nproc']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
         f"Embedded model, vLLM backend, {r['prompts']} prompts x up to {r['max_tokens']} new tokens (temperature 0.8, "
         f"a seed per request), sent in chunks of {r['chunk']}; {r['rounds']} timed rounds each after one warm-up chunk. "
-        f"Load average {r['load_before']} before / {r['load_after']} after (the machine is shared with other engineers' tests).", "",
+        f"Load average {r['load_before']} before / {r['load_after']} after "
+        "(the machine is shared with other engineers' tests).", "",
         "| path | resources | engine start, s | tokens/s (all rounds) | rounds, tokens/s |", "|---|---|---|---|---|",
         *[f"| {name} | {res} | {s[key]} | {r[key]['tok_s']} | {', '.join(str(x['tok_s']) for x in r[key]['runs'])} |"
           for name, res, key in (("in-process", "this process, every core", "inprocess"),
@@ -158,7 +159,8 @@ def main() -> None:
     }
     out["machine"]["versions"]["ray"] = ray.__version__
     write_results(out)
-    print(f"overhead {out['overhead_pct']}% (median {out['overhead_median_pct']}%), 2/1 replicas {out['scaling_2_over_1']}x; wrote bench/results/scale.md")
+    print(f"overhead {out['overhead_pct']}% (median {out['overhead_median_pct']}%), "
+          f"2/1 replicas {out['scaling_2_over_1']}x; wrote bench/results/scale.md")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def check_scale(pipeline) -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise UserError("scale.engine: ray is not installed (pip install 'rlaif[scale]')", *pipeline.where("scale.engine")) from None
+        raise UserError("scale.engine: ray is not installed (pip install 'rlaif[scale]')",
+                        *pipeline.where("scale.engine")) from None
     if scale.tensor_parallel > 1:
         for role, cfg in vars(pipeline.models).items():
             if cfg is not None and cfg.backend == "hf":

@@ -25,7 +25,8 @@ def test_pipeline_recipe_validates(path, monkeypatch):
 
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
 def test_training_recipe_validates(path):
-    cfg = train_config_from_data(load_yaml(path, "training file"), str(path), None, check_dataset=False)  # its run is not made here
+    # check_dataset off: the run that makes its dataset does not exist here
+    cfg = train_config_from_data(load_yaml(path, "training file"), str(path), None, check_dataset=False)
     assert cfg.method and cfg.trl
 
 

@@ -74,7 +74,8 @@ def test_run_on_a_cluster_started_with_ray_start(workdir, tiny_base_model):
     # Ray 2.5x clusters may require a token; a driver given an explicit address sends one only with RAY_AUTH_MODE=token
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": __import__("uuid").uuid4().hex}
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                             f"--temp-dir={temp}"], env={**os.environ, **auth}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             f"--temp-dir={temp}"], env={**os.environ, **auth},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         stages = "stages:\n  respond: {n: 2, max_tokens: 8}\n  critique: {rounds: 1, max_tokens: 8}\n"
         pipe = write_pipeline(workdir / "p.yaml", tiny_base_model, limit=4, stages=stages, few_shot=1,
