@@ -49,6 +49,19 @@ def _kill_when(proc, db, stage: str, at_least: int, timeout: float = 300) -> dic
     pytest.fail("timed out waiting for records")
 
 
+def rerun_and_check(pipe, workdir, db, before: dict, total: int, responses: int = PROMPTS * N) -> dict:
+    """Rerun the killed pipeline; every record exists exactly once and those committed before the kill are unchanged."""
+    rerun = _start(pipe, workdir)
+    out, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, out
+    after = _records(db)
+    assert len(after) == total  # every record exactly once: the key is the primary key, so extra keys would show here
+    assert sum(s == "respond" for s, _ in after.values()) == responses
+    for key, value in before.items():  # what was committed before the kill is kept as it was
+        assert after[key] == value
+    return after
+
+
 @pytest.mark.parametrize("stage, at_least", [("respond", 2), ("critique", 2)])
 def test_kill_9_then_rerun(workdir, tiny_base_model, stage, at_least):
     stages = f"stages:\n  respond: {{n: {N}, max_tokens: 16}}\n  critique: {{rounds: {ROUNDS}, max_tokens: 16}}\n"
@@ -59,14 +72,7 @@ def test_kill_9_then_rerun(workdir, tiny_base_model, stage, at_least):
     total = PROMPTS * N * (1 + ROUNDS)
     assert 0 < len(before) < total, "the kill must land mid-run"
 
-    rerun = _start(pipe, workdir)
-    out, _ = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, out
-    after = _records(db)
-    assert len(after) == total  # every record exactly once: the key is the primary key, so extra keys would show here
-    assert sum(s == "respond" for s, _ in after.values()) == PROMPTS * N
-    for key, value in before.items():  # what was committed before the kill is kept as it was
-        assert after[key] == value
+    rerun_and_check(pipe, workdir, db, before, total)
 
     sft = [json.loads(line) for line in (workdir / "outputs" / "test" / "sft.jsonl").read_text().splitlines()]
     ids = [(r["prompt_id"], r["sample"]) for r in sft]

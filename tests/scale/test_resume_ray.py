@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ..conftest import write_pipeline
-from ..test_resume import _kill_when, _records, _start
+from ..test_resume import _kill_when, _records, _start, rerun_and_check
 
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
@@ -41,14 +41,7 @@ def test_kill_9_the_driver_then_rerun(workdir, tiny_base_model):
     before = _kill_when(driver, db, "critique", 2)
     total = PROMPTS * N * (1 + ROUNDS)
     assert 0 < len(before) < total, "the kill must land mid-run"
-    rerun = _start(pipe, workdir)
-    out, _ = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, out
-    after = _records(db)
-    assert len(after) == total  # every record exactly once (the key is the primary key)
-    assert sum(s == "respond" for s, _ in after.values()) == PROMPTS * N
-    for key, value in before.items():  # what was committed before the kill is kept as it was
-        assert after[key] == value
+    rerun_and_check(pipe, workdir, db, before, total, PROMPTS * N)
     run = json.loads((workdir / "outputs" / "test" / "run.json").read_text())
     assert run["status"] == "complete" and run["config"]["scale"]["engine"] == "ray"
     # Ray's reaper ends the killed driver's local cluster; its agents notice the raylet is gone last (~1 min here)
