@@ -12,6 +12,20 @@ from .base import Completion, Output, ProgressFn, Request, truncate_at_stop
 _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the generation config's (chat models list end-of-turn there)."""
+    config = getattr(model, "generation_config", None)
+    eos = config.eos_token_id if config is not None else None
+    return {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+
+
+def encode(tokenizer, texts: list[str], device) -> dict:
+    """Tokenize a padded batch; chat templates already spell out BOS, so it is not added twice."""
+    chat = bool(tokenizer.chat_template) and tokenizer.bos_token and texts[0].startswith(tokenizer.bos_token)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 class HFGenerator:
     """Batched sampling with `model.generate`; left padding so every row ends at its prompt."""
 
@@ -25,9 +39,7 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype]).to(device).eval()
         self.has_chat_template = bool(self.tokenizer.chat_template)
-        # generate stops at any of the generation config's EOS ids (chat models list end-of-turn there too)
-        eos = self.model.generation_config.eos_token_id
-        self._eos_ids = {self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        self._eos_ids = eos_ids(self.model, self.tokenizer)  # generate stops at any of them
 
     def _text(self, request: Request) -> str:
         if request.messages is None:
@@ -35,10 +47,7 @@ class HFGenerator:
         return self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
 
     def _encode(self, texts: list[str]) -> dict:
-        # chat templates already spell out BOS; tokenizing them again would double it
-        chat = self.has_chat_template and self.tokenizer.bos_token and texts[0].startswith(self.tokenizer.bos_token)
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return encode(self.tokenizer, texts, self.device)
 
     @torch.inference_mode()
     def generate(self, requests: list[Request], progress: ProgressFn | None = None) -> list[Completion]:

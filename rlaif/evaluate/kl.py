@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backends.hf import encode, eos_ids
 from ..errors import UserError
 from ..inputs import Prompt
 from ..templates import Templates
@@ -50,19 +51,17 @@ def policy_kl(policy: str, reference: str, prompts: list[Prompt], out_dir, sampl
     templates = templates or Templates()
     tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id
-    eos_ids = torch.tensor(sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}), device=device)
+    stop_ids = torch.tensor(sorted(eos_ids(model, tokenizer)), device=device)
     torch.manual_seed(seed)
     kls, tokens, rows = [], 0, []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         texts = [render(tokenizer, templates, p) for p in chunk]
-        chat = bool(tokenizer.chat_template) and bool(tokenizer.bos_token) and texts[0].startswith(tokenizer.bos_token)
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
+        batch = encode(tokenizer, texts, device)
         P = batch["input_ids"].shape[1]
         seq = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                             num_return_sequences=samples, pad_token_id=pad, eos_token_id=eos_ids.tolist())  # (B*S, P+T)
-        mask = completion_mask(seq[:, P:], eos_ids)  # (B*S, T)
+                             num_return_sequences=samples, pad_token_id=pad, eos_token_id=stop_ids.tolist())  # (B*S, P+T)
+        mask = completion_mask(seq[:, P:], stop_ids)  # (B*S, T)
         attention = torch.cat([batch["attention_mask"].repeat_interleave(samples, 0), mask.long()], dim=1)
         log_ratio = sequence_logprobs(model, seq, attention, P, mask) - sequence_logprobs(ref, seq, attention, P, mask)  # (B*S,)
         for b, p in enumerate(chunk):

@@ -62,9 +62,9 @@ def run_eval(p, reporter) -> dict:
     local = start if start.backend != "openai" else replace(start, backend="vllm", model="default")
     judge_settings = pipeline.stages.judge
     prompts = load_prompts(_path(pipeline, cfg.prompts), cfg.limit)
-    results = {}
+    results, policies = {}, eval_policies(pipeline)
     try:
-        for method in eval_policies(pipeline):
+        for method in policies:
             trained = replace(local, model=str(p.run_dir / method))
             reporter.print(f"eval: {method} ({trained.model}) against the start on {len(prompts)} held-out prompts")
             s = winrate(session, trained, start, pipeline.judge, prompts, out, cfg.max_tokens, cfg.temperature, cfg.principles,
@@ -72,7 +72,7 @@ def run_eval(p, reporter) -> dict:
             results[f"winrate-{method}"] = {k: s[k] for k in ("win_rate", "ci95", "wins", "ties", "losses", "judged")}
         if cfg.harmless:
             red = load_prompts(_path(pipeline, cfg.harmless), cfg.limit)
-            for name, model in [("start", start)] + [(m, replace(local, model=str(p.run_dir / m))) for m in eval_policies(pipeline)]:
+            for name, model in [("start", start)] + [(m, replace(local, model=str(p.run_dir / m))) for m in policies]:
                 s = harmless(session, model, pipeline.judge, red, out, cfg.threshold, cfg.max_tokens, cfg.temperature,
                              cfg.principles, name=f"harmless-{name}")
                 results[f"harmless-{name}"] = {k: s[k] for k in ("rate", "ci95", "acceptable", "rated")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..backends.hf import HFGenerator
+from ..backends.hf import HFGenerator, eos_ids
 from ..config import JudgeConfig
 from ..store import Store
 from .winrate import Session, answers, compare, win_rates
@@ -40,9 +40,7 @@ class LiveGenerator(HFGenerator):
         self.model, self.tokenizer, self.model_id, self.batch_size = model, tokenizer, model_id, batch_size
         self.device = next(model.parameters()).device
         self.has_chat_template = bool(tokenizer.chat_template)
-        config = getattr(model, "generation_config", None)
-        eos = config.eos_token_id if config is not None else None
-        self._eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        self._eos_ids = eos_ids(model, tokenizer)
 
     def generate(self, requests, progress=None):
         """HFGenerator.generate, leaving the model's mode and the tokenizer's padding side as they were."""
@@ -127,21 +125,16 @@ class Watch:
 
 def build_watch(cfg, tokenizer, reward_judge, log):
     """The Watch for a training config, reusing the reward's judge when the watch names none; (watch, pool or None)."""
-    from ..config import ModelConfig, resolve_path
-    from ..constitution import load_constitution
+    from ..config import resolve_path
     from ..inputs import load_prompts
-    from ..models import ModelPool
+    from ..train.online import load_judge
 
-    w, base = cfg.watch, Path(cfg.file).resolve().parent
-    prompts = load_prompts(resolve_path(w.prompts, base), w.limit)
-    pool = None
+    w = cfg.watch
+    prompts = load_prompts(resolve_path(w.prompts, Path(cfg.file).resolve().parent), w.limit)
     if w.judge is None:  # the reward is the judge: the same engine and constitution
-        generator, constitution = reward_judge.generator, reward_judge.constitution
+        generator, constitution, pool = reward_judge.generator, reward_judge.constitution, None
     else:
-        pool = ModelPool()
-        generator = pool.get(ModelConfig(model=w.judge.model, backend=w.judge.backend,
-                                         dtype="float32" if w.judge.backend == "hf" else "bfloat16"))
-        constitution = load_constitution(resolve_path(w.judge.constitution, base))
+        generator, constitution, pool = load_judge(w.judge, cfg.file)
     return Watch(w, prompts, generator, constitution, tokenizer, cfg.output_dir, log), pool
 
 

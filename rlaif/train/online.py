@@ -8,11 +8,14 @@ from ..config import ModelConfig, resolve_path
 from . import lora_config, load_tokenizer, trl_args
 
 
-def trl_callback(watch):
-    """rlaif.evaluate.watch.trl_callback, imported when a watch is configured."""
-    from ..evaluate.watch import trl_callback as callback
+def load_judge(judge, config_file: str):
+    """A JudgeReward block's engine (fp32 on hf) and constitution (relative to the training file); (generator, constitution, pool)."""
+    from ..constitution import load_constitution
+    from ..models import ModelPool
 
-    return callback(watch)
+    pool = ModelPool()
+    generator = pool.get(ModelConfig(model=judge.model, backend=judge.backend, dtype="float32" if judge.backend == "hf" else "bfloat16"))
+    return generator, load_constitution(resolve_path(judge.constitution, Path(config_file).resolve().parent)), pool
 
 
 def reward_function(cfg, log, as_callable: bool = False):
@@ -23,14 +26,10 @@ def reward_function(cfg, log, as_callable: bool = False):
 
             return RewardModelReward(cfg.reward.model), None
         return cfg.reward.model, None
-    from ..constitution import load_constitution
-    from ..models import ModelPool
     from ..rewards import JudgeScoreReward
 
     judge = cfg.reward.judge
-    pool = ModelPool()
-    generator = pool.get(ModelConfig(model=judge.model, backend=judge.backend, dtype="float32" if judge.backend == "hf" else "bfloat16"))
-    constitution = load_constitution(resolve_path(judge.constitution, Path(cfg.file).resolve().parent))
+    generator, constitution, pool = load_judge(judge, cfg.file)
     log(f"{cfg.method}: reward = the judge's 1-10 rating ({generator.model_id}, {constitution.name}, "
         f"{judge.principles_per_item} principle(s) per completion)")
     return JudgeScoreReward(generator, constitution, principles_per_item=judge.principles_per_item), pool
@@ -66,9 +65,14 @@ def run(cfg, log) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     reward, pool = reward_function(cfg, log)
     watch, watch_pool = _watch(cfg, tokenizer, reward, log)
+    callbacks = None
+    if watch:
+        from ..evaluate.watch import trl_callback
+
+        callbacks = [trl_callback(watch)]
     try:
         trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
-                              peft_config=peft_config, callbacks=[trl_callback(watch)] if watch else None)
+                              peft_config=peft_config, callbacks=callbacks)
         result = trainer.train()
     finally:
         for p in (pool, watch_pool):
