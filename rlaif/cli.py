@@ -36,16 +36,18 @@ def main():
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N prompts.")
 @click.option("--output", help="Run directory (default outputs/<name>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline setting, e.g. stages.respond.n=4.")
-def run(pipeline, constitution, prompts, limit, output, overrides):
+@click.option("--force", is_flag=True, help="Write into the output directory even if it is not a run of this pipeline.")
+def run(pipeline, constitution, prompts, limit, output, overrides, force):
     """Run PIPELINE: respond, critique and revise, then export SFT and preference datasets.
 
-    Rerunning the same command resumes: finished records are reused, missing ones generated.
+    Rerunning the same command resumes: finished records are reused, missing ones generated. A directory that is
+    not empty and not a run of this pipeline (by its run.json's name) is refused unless --force.
     """
     from .config import load_pipeline
     from .pipeline import plan
     from .pipeline import run as run_plan
 
-    p = plan(load_pipeline(pipeline, list(overrides), constitution=constitution, prompts=prompts, limit=limit, output=output))
+    p = plan(load_pipeline(pipeline, list(overrides), constitution=constitution, prompts=prompts, limit=limit, output=output), force)
     info = run_plan(p)
     c = info["counts"]
     click.echo(f"{c['prompts']} prompts, {c['responses']} responses, {c['critique_rounds']} critique rounds "
@@ -64,7 +66,7 @@ def run(pipeline, constitution, prompts, limit, output, overrides):
 
 
 @main.command("export")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["hf", "jsonl", "parquet"]), default="hf", show_default=True)
 @click.option("--out", help="Output directory (default RUN_DIR/export-FORMAT).")
 @click.option("--push-to-hub", metavar="REPO", help="Also push to this Hugging Face dataset repo (needs a token).")
@@ -84,9 +86,9 @@ def export_command(run_dir, fmt, out, push_to_hub, annotation):
 
 
 @main.command("report")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--output", type=click.Path(file_okay=False),
-              help="Directory for report.html and its plots (default RUN_DIR/report).")
+@click.argument("run_dir", type=click.Path())
+@click.option("--output", type=click.Path(),
+              help="Directory for report.html and its plots (default RUN_DIR/report); files the report did not write are kept.")
 def report_command(run_dir, output):
     """Write an HTML report of RUN_DIR: label distributions, judge bias, human agreement, training curves, evaluations."""
     from .evaluate.report import write_report
@@ -95,7 +97,7 @@ def report_command(run_dir, output):
 
 
 @main.command("merge-human")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.argument("labels", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--policy", type=click.Choice(["human-overrides", "ai-where-missing", "weighted"]), default="human-overrides",
               show_default=True, help="How human votes and AI labels combine (see docs/human.md).")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 import datasets
 
+from . import atomic
+from .errors import UserError
 from .store import record_key
 
 MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
@@ -138,19 +137,42 @@ def with_pair_ids(rows: list[dict]) -> list[dict]:
     return [row | {"pair_id": pair_id(row)} for row in rows]
 
 
-def write_dataset(rows: list[dict], features: datasets.Features, run_dir: Path, name: str) -> None:
-    """Write `name/` (datasets.save_to_disk) and `name.jsonl`, each replaced atomically."""
+def write_dataset(rows: list[dict], features: datasets.Features, run_dir: Path, name: str,
+                  commit: atomic.Commit | None = None) -> None:
+    """Write `name/` (datasets.save_to_disk) and `name.jsonl`, published together (atomic.Commit); or stage them in `commit`."""
     ds = datasets.Dataset.from_list(rows, features=features) if rows else datasets.Dataset.from_dict(
         {k: [] for k in features}, features=features)
-    tmp = run_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp), num_shards=1)  # an empty dataset saved with 0 shards cannot be loaded back
-    shutil.rmtree(run_dir / name, ignore_errors=True)
-    os.replace(tmp, run_dir / name)
-    with open(run_dir / f".{name}.jsonl.tmp", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(run_dir / f".{name}.jsonl.tmp", run_dir / f"{name}.jsonl")
+    own = commit is None
+    commit = commit or atomic.Commit(run_dir)
+    try:
+        ds.save_to_disk(str(commit.path(name)), num_shards=1)  # an empty dataset saved with 0 shards cannot be loaded back
+        atomic.write_jsonl(commit.path(f"{name}.jsonl"), rows)
+    except BaseException:
+        if own:
+            commit.abandon()
+        raise
+    if own:
+        commit.publish()
+
+
+def load_saved(path: str | Path, what: str = "dataset"):
+    """A save_to_disk dataset; a damaged one (truncated or garbled arrow file, broken state.json) is a UserError."""
+    path = Path(path)
+    if (path.parent / atomic.PENDING).is_dir():  # a writer was killed while publishing it: finish that first
+        from .lock import run_lock
+
+        with run_lock(path.parent):
+            pass
+    try:
+        return datasets.load_from_disk(str(path))
+    except FileNotFoundError as e:
+        if not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
+            raise UserError(f"{what}: not a saved dataset (save_to_disk)", str(path)) from None
+        raise UserError(f"{what}: the saved dataset is incomplete ({e}); run the command that wrote it again", str(path)) from None
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError; a short read an OSError
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"{what}: the saved dataset is damaged ({type(e).__name__}: {reason}); "
+                        "run the command that wrote it again", str(path)) from None
 
 
 def scored_rows(pairs, meta: dict) -> list[dict]:

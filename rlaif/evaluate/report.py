@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import matplotlib
+
+from .. import atomic
+from ..errors import UserError
+from ..guard import check_targets
+from ..lock import run_lock
 from ..templates import Templates
 from .rundir import RunDir
 from .sections import SECTIONS, section
 from .tables import cell, key_values, table
 
 TEMPLATE = "report/report.html.j2"
+FIGURES = "figures-"  # each report's figures live in their own FIGURES<id>/ beside report.html
+MARKER = ".rlaif-report"  # inside a figures directory: rlaif wrote it, so the next report may remove it
+OURS = "<title>rlaif report:"  # in a report.html that rlaif wrote (the template's title)
 
 
 def summary(run: RunDir) -> dict:
@@ -66,17 +79,64 @@ def warnings(run: RunDir, sections: list[dict]) -> list[str]:
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Write OUTPUT/report.html (default RUN_DIR/report/) with its figures beside it; return the page's path."""
-    run = RunDir(run_dir)
-    out = Path(output) if output else run.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("fig-*.png"):  # figures of an earlier report that this one may not redraw
-        old.unlink()
-    sections = [build(run, out) for build in SECTIONS] + [details(run, out)]
-    html = Templates(autoescape=True).render(TEMPLATE, summary=summary(run), sections=sections, warnings=warnings(run, sections),
-                                             generated=time.strftime("%Y-%m-%d %H:%M:%S %z"))
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write OUTPUT/report.html (default RUN_DIR/report/) with its figures beside it; return the page's path.
+
+    The figures are drawn into a temporary directory, renamed to OUTPUT/figures-<id>/, then report.html is replaced
+    (the moment the new report appears); only then are earlier figures-*/ directories (those holding MARKER) removed.
+    A failed report leaves the previous one whole; files the report did not write are never touched.
+    """
+    run_path = Path(run_dir)
+    out = Path(output) if output else run_path / "report"
+    RunDir(run_path)  # a directory that is no run is refused before anything is written into it
+    _check_output(run_path, out)
+    with _lock(run_path, out):
+        run = RunDir(run_path)
+        out.mkdir(parents=True, exist_ok=True)
+        name = FIGURES + secrets.token_hex(4)
+        tmp = atomic.temp_path(out / name)
+        tmp.mkdir()
+        try:
+            with matplotlib.rc_context({"text.parse_math": False}):  # names and prompts are text, never mathtext
+                sections = [build(run, tmp) for build in SECTIONS] + [details(run, tmp)]
+            for f in (f for s in sections for f in s["figures"]):
+                f["file"] = f"{name}/{f['file']}"
+            html = Templates(autoescape=True).render(TEMPLATE, summary=summary(run), sections=sections,
+                                                     warnings=warnings(run, sections), generated=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+            if any(s["figures"] for s in sections):
+                (tmp / MARKER).write_text("figures of an rlaif report; the next report removes this directory\n")
+                atomic._fsync_tree(tmp)
+                os.rename(tmp, out / name)
+            path = out / "report.html"
+            atomic.write_text(path, html)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in out.glob(FIGURES + "*"):
+            if old.name != name and (old / MARKER).is_file():
+                shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _check_output(run_path: Path, out: Path) -> None:
+    """OUTPUT is a directory, not inside the run's other files, and its report.html (if any) was written by rlaif."""
+    if out.exists() and not out.is_dir():
+        raise UserError("report output: is a file; give a directory", str(out))
+    if os.path.realpath(out) != os.path.realpath(run_path / "report"):
+        check_targets(run_path, [out], "report output")
+    page = out / "report.html"
+    if page.is_file():
+        with open(page, encoding="utf-8", errors="replace") as f:
+            if OURS not in f.read(4096):
+                raise UserError("report output: holds a report.html that rlaif did not write; choose another directory",
+                                str(page))
+
+
+def _lock(run_path: Path, out: Path):
+    """The run's lock: always when the report goes inside the run; else when the run can take it (it may be read-only)."""
+    if Path(os.path.realpath(out)).is_relative_to(os.path.realpath(run_path)):
+        return run_lock(run_path)
+    try:
+        with tempfile.TemporaryFile(dir=run_path):
+            pass
+    except OSError:
+        return nullcontext()
+    return run_lock(run_path)

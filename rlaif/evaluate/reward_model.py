@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..export import load_saved
 from ..inputs import jsonl_objects
 from .stats import wilson_ci
 from .winrate import _write
@@ -37,10 +38,11 @@ def load_pairs(path: str):
         raise UserError(f"pairs: {path!r} not found")
     if p.is_file():
         return _read_jsonl(p)
-    try:
-        ds = datasets.load_from_disk(str(p))
-    except FileNotFoundError:
-        raise UserError(f"pairs: {path!r} is neither a run directory nor a saved dataset") from None
+    if not (p / "state.json").is_file() and not (p / "dataset_dict.json").is_file():
+        raise UserError(f"pairs: {path!r} is neither a run directory nor a saved dataset")
+    ds = load_saved(p, "pairs")
+    if isinstance(ds, datasets.DatasetDict):
+        raise UserError(f"pairs: {path!r} holds splits {list(ds)}; point at one split's directory")
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
     if missing:
         raise UserError(f"pairs: {path!r} has no {', '.join(missing)} column")
@@ -56,7 +58,12 @@ def heldout_rows(model_dir: str, dataset) -> list[int]:
     info_path = Path(model_dir) / "rlaif_train.json"
     if not info_path.is_file():
         raise UserError(f"{model_dir}: no rlaif_train.json, so the held-out split is unknown; use --split all", str(info_path))
-    config = json.loads(info_path.read_text())["config"]
+    try:
+        config = json.loads(info_path.read_text(encoding="utf-8"))["config"]
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON: {e.msg}; use --split all, or train again", str(info_path), e.lineno) from None
+    except (KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"not an rlaif_train.json ({type(e).__name__}: {e}); use --split all", str(info_path)) from None
     fraction, seed = config.get("eval_fraction") or 0.0, config.get("trl", {}).get("seed", 42)  # RewardConfig's default seed
     if fraction == 0:
         raise UserError(f"{model_dir}: trained with eval_fraction 0, nothing was held out; use --split all", str(info_path))

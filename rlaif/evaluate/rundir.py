@@ -18,6 +18,8 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.problems: list[str] = []  # "FILE:LINE: message" for optional files that could not be read
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError("is a file, not a run directory", str(path))
         if not self.path.is_dir():
             raise UserError("run directory not found", str(path))
         run_json = self.path / "run.json"
@@ -110,7 +112,7 @@ class RunDir:
     def files(self) -> list[tuple[str, int]]:
         """Top-level entries of the run directory with their sizes in bytes (directories: the sum of their files)."""
         out = []
-        for p in sorted(self.path.iterdir()):
+        for p in sorted(p for p in self.path.iterdir() if not p.name.startswith(".")):  # not the lock or temporary files
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
             out.append((p.name + ("/" if p.is_dir() else ""), size))
         return out

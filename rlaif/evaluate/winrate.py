@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .. import atomic
 from ..config import JudgeConfig, ModelConfig, RespondConfig, ScoreConfig
 from ..constitution import Constitution
 from ..inputs import Prompt
@@ -208,10 +209,7 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
 
 
 def _write(out_dir: Path, name: str, summary: dict, rows: list[dict]) -> None:
-    """`<name>.json` (the summary) and `<name>.jsonl` (one row per prompt), each written whole then renamed."""
+    """`<name>.jsonl` (one row per prompt), then `<name>.json` (the summary), each written atomically (rlaif.atomic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out_dir / f"{name}.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n"),
-                       (out_dir / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic.write_jsonl(out_dir / f"{name}.jsonl", rows)
+    atomic.write_json(out_dir / f"{name}.json", summary)

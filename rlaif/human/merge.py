@@ -14,9 +14,13 @@ from pathlib import Path
 
 import datasets
 
+from .. import atomic
 from ..errors import UserError
 from ..export import PREF_FEATURES, pair_id, write_dataset
-from ..publish import load_run
+from ..guard import read_run_json
+from ..lock import run_lock
+from ..publish import load_run, read_order
+from ..store import readable
 from .read import Reject, read_labels
 
 POLICIES = ("human-overrides", "ai-where-missing", "weighted")
@@ -61,14 +65,16 @@ def _resolve(votes, prefs: dict, order: dict) -> tuple[list[tuple], list[Reject]
 
 def _store(db_path: Path, votes: list[tuple]) -> list[tuple]:
     """Add votes (a re-merged vote replaces the same annotator's earlier one); return all votes stored."""
-    db = sqlite3.connect(db_path, timeout=60)
-    with db:
-        db.execute("CREATE TABLE IF NOT EXISTS human_votes (pair_id TEXT, annotator TEXT, side TEXT, comment TEXT,"
-                   " file TEXT, line INTEGER, pair TEXT, PRIMARY KEY (pair_id, annotator))")
-        db.executemany("INSERT OR REPLACE INTO human_votes VALUES (?, ?, ?, ?, ?, ?, ?)", votes)
-    rows = db.execute("SELECT pair_id, annotator, side, comment, file, line, pair FROM human_votes").fetchall()
-    db.close()
-    return rows
+    with readable(db_path):
+        db = sqlite3.connect(db_path, timeout=60)
+        try:
+            with db:
+                db.execute("CREATE TABLE IF NOT EXISTS human_votes (pair_id TEXT, annotator TEXT, side TEXT, comment TEXT,"
+                           " file TEXT, line INTEGER, pair TEXT, PRIMARY KEY (pair_id, annotator))")
+                db.executemany("INSERT OR REPLACE INTO human_votes VALUES (?, ?, ?, ?, ?, ?, ?)", votes)
+            return db.execute("SELECT pair_id, annotator, side, comment, file, line, pair FROM human_votes").fetchall()
+        finally:
+            db.close()
 
 
 def majority(sides: list[str]) -> tuple[str, float]:
@@ -122,15 +128,23 @@ def _principle_tags(info: dict) -> dict[str, tuple]:
 
 def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weight: float = 0.5, strict: bool = False,
                 argilla_question: str | None = None) -> dict:
-    """Import label files into RUN_DIR, write merged/ merged.jsonl human_agreement.json human_rejects.jsonl."""
-    run_dir = Path(run_dir)
+    """Import label files into RUN_DIR, write merged/ merged.jsonl human_agreement.json human_rejects.jsonl.
+
+    Under the run's lock; the four files are published together (atomic.Commit): after a kill they all come from
+    this merge or all from the previous one.
+    """
+    read_run_json(run_dir)  # not a run: refused before anything is written into the directory
+    with run_lock(run_dir):
+        return _merge(Path(run_dir), files, policy, weight, strict, argilla_question)
+
+
+def _merge(run_dir: Path, files: list[str], policy: str, weight: float, strict: bool, argilla_question: str | None) -> dict:
     info, found = load_run(run_dir)
     rows_in = list(found["prefs"]) if "prefs" in found else []
     prefs: dict[str, dict] = {}  # pair_id -> its first row; one pair can appear as several pair types
     for row in rows_in:
         prefs.setdefault(row["pair_id"], row)
-    order_path = run_dir / "annotation_order.json"
-    order = json.loads(order_path.read_text()) if order_path.is_file() else {}
+    order = read_order(run_dir / "annotation_order.json")
     votes, rejects = [], []
     for f in files:
         v, r = read_labels(f, argilla_question)
@@ -142,9 +156,6 @@ def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weig
         first = rejects[0]
         raise UserError(f"{first.reason} ({len(rejects)} bad rows in all; --strict: nothing merged)", first.file, first.line or None)
     stored = _store(run_dir / "records.sqlite", resolved)
-    with open(run_dir / "human_rejects.jsonl", "w", encoding="utf-8") as fh:
-        for r in rejects:
-            fh.write(json.dumps({"file": r.file, "line": r.line, "reason": r.reason, "raw": r.raw}, ensure_ascii=False) + "\n")
 
     by_pair, new_pairs = defaultdict(list), {}
     for pid, _annotator, side, _comment, _file, _line, pair in stored:
@@ -196,9 +207,12 @@ def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weig
             "source": "human", "pair_type": "human", "principles": [], "p_chosen": share, "margin": abs(2 * share - 1), "pair_id": pid,
             "constitution_sha256": info["constitution"]["sha256"], "seed": info["seed"], "human_votes": len(by_pair[pid]),
             "human_majority": human, "annotator_agreement": share, "ai_human_conflict": None})
-    write_dataset(rows, MERGED_FEATURES, run_dir, "merged")
     report = agreement(items) | {"policy": policy, "weight": weight if policy == "weighted" else None}
-    (run_dir / "human_agreement.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with atomic.Commit(run_dir) as commit:
+        write_dataset(rows, MERGED_FEATURES, run_dir, "merged", commit)
+        atomic.write_json(commit.path("human_agreement.json"), report)
+        atomic.write_jsonl(commit.path("human_rejects.jsonl"),
+                           ({"file": r.file, "line": r.line, "reason": r.reason, "raw": r.raw} for r in rejects))
     return {"votes_read": len(votes), "votes_stored": len(stored), "rejects": len(rejects), "merged_rows": len(rows),
             "sources": dict(Counter(r["source"] for r in rows)), "dropped": dict(dropped), "agreement": report["overall"],
             "rejects_file": str(run_dir / "human_rejects.jsonl")}

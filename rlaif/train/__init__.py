@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from ..config import resolve_path
 from ..errors import UserError
+from ..lock import lock_owner
 from ..models import DEFAULT_MODEL_ID
 from ..templates import DEFAULT_DIR
 
@@ -21,16 +23,20 @@ COLUMNS = {"sft": ("messages",), "reward": ("prompt", "chosen", "rejected"), "dp
 
 
 def train(cfg, log=print) -> dict:
-    """Run the trainer that `cfg.method` names; its metrics also go to OUTPUT_DIR/rlaif_train.json."""
+    """Run the trainer that `cfg.method` names; its metrics also go to OUTPUT_DIR/rlaif_train.json.
+
+    An output_dir inside a run directory (outputs/quickstart/dpo) holds that run's lock meanwhile (rlaif.lock).
+    """
     from . import dpo, online, reward, sft
 
     start = time.time()
     runners = {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "grpo": online.run, "rloo": online.run, "ppo": online.run_ppo}
-    metrics = runners[cfg.method](cfg, log)
+    with lock_owner(cfg.output_dir):
+        metrics = runners[cfg.method](cfg, log)
     model_id = DEFAULT_MODEL_ID if cfg.model == "default" else cfg.model  # "default" alone would not say which weights
     record = {"method": cfg.method, "model_id": model_id, "config": {k: v for k, v in asdict(cfg).items() if k != "lines"},
               "metrics": metrics, "seconds": round(time.time() - start, 1), "versions": _versions()}
-    Path(cfg.output_dir, "rlaif_train.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    atomic.write_json(Path(cfg.output_dir, "rlaif_train.json"), record)
     return metrics
 
 
@@ -38,17 +44,21 @@ def find_dataset(cfg, method: str) -> str:
     """The dataset directory to train on: a run directory's prefs/ or sft/, or a saved dataset; checked non-empty."""
     import datasets
 
+    from ..export import load_saved
+
     file, line = cfg.where("dataset")
     path = Path(resolve_path(cfg.dataset, Path(cfg.file).resolve().parent))
     sub = path / ("sft" if method == "sft" else "prefs")
     path = sub if sub.is_dir() else path
     if not path.exists():
         raise UserError(f"dataset: {cfg.dataset!r} not found", file, line)
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
+    if not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
         why = "is neither a run directory nor a saved dataset (save_to_disk)"
-        raise UserError(f"dataset: {str(path)!r} {why}", file, line) from None
+        raise UserError(f"dataset: {str(path)!r} {why}", file, line)
+    try:
+        ds = load_saved(path, str(path))
+    except UserError as e:  # a damaged arrow file or state.json: the config's line, then which directory and why
+        raise UserError(f"dataset: {e.message}", file, line) from None
     if isinstance(ds, datasets.DatasetDict):
         raise UserError(f"dataset: {str(path)!r} holds splits {list(ds)}; point at one split's directory", file, line)
     missing = [c for c in COLUMNS[method] if c not in ds.column_names]

@@ -18,6 +18,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
+from .. import atomic
+
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
@@ -413,6 +415,6 @@ def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig,
         f"kl {config.kl_mode} from {config.kl_coef}, on {trainer.device}")
     history = trainer.train(prompts, log, watch)
     trainer.save(config.output_dir)
-    (Path(config.output_dir) / "ppo_history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    atomic.write_jsonl(Path(config.output_dir) / "ppo_history.jsonl", history)
     log(f"ppo: saved the policy, value head and tokenizer to {config.output_dir}")
     return history
