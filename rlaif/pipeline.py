@@ -85,6 +85,10 @@ def plan(pipeline: Pipeline, force: bool = False) -> Plan:
         from .evaluate.stage import check as check_eval
 
         check_eval(pipeline)
+    if pipeline.stages.report:  # a report.html rlaif did not write would stop the run at its very end
+        from .evaluate.report import check_output
+
+        check_output(run_dir, Path(pipeline.stages.report.output or run_dir / "report"))
     templates = Templates(pipeline.templates)
     dry_render(templates, constitution)
     prompts = load_prompts(pipeline.prompts, pipeline.limit)

@@ -96,7 +96,7 @@ def test_run_refuses_the_run_of_another_pipeline_and_resumes_its_own(workdir, bi
 
 
 @pytest.mark.parametrize("name", ['""', '"  "', "a/b", "..", ".hidden", "x/../y", "a..b"])
-def test_run_name_must_be_one_directory_name(workdir, name):
+def test_run_name_must_be_one_directory_name(workdir, biased, name):
     code, err = cli("run", pipeline(workdir, name=name))
     assert code == 2
     one_line(err, r"p\.yaml:1: name: ")
@@ -122,6 +122,16 @@ def test_report_refuses_a_report_html_it_did_not_write(run_dir, tmp_path):  # no
     assert code == 2
     one_line(err, r"report\.html: report output: holds a report\.html that rlaif did not write")
     assert (out / "report.html").read_text().startswith("<html><title>my quarterly")
+
+
+def test_report_stage_output_is_checked_before_the_run(workdir, biased):
+    (workdir / "site").mkdir()
+    (workdir / "site" / "report.html").write_text("<html><title>the team's page</title></html>")
+    stages = "stages:\n  respond: {n: 3}\n  judge: {}\n  report: {output: site}\n"
+    code, err = cli("run", pipeline(workdir, stages=stages))
+    assert code == 2
+    one_line(err, r"site/report\.html: report output: holds a report\.html that rlaif did not write")
+    assert not (workdir / "outputs").exists()  # refused before anything ran
 
 
 # --- 2. export never lands on the run's own files ------------------------------------------------------------------
@@ -186,6 +196,7 @@ def test_a_failure_after_the_datasets_keeps_them_and_their_counts(workdir, biase
     assert info["status"] == "failed" and "No space left" in info["error"] and info["counts"]["pref_rows"] > 0
     assert len(datasets.load_from_disk(str(run / "prefs"))) == info["counts"]["pref_rows"]
     assert cli("export", run, "--format", "jsonl")[0] == 0  # its datasets are whole: they can be exported
+    assert "status: failed" in (run / "export-jsonl" / "README.md").read_text()  # and the card says the run failed later
 
 
 # --- 8. damaged run files, files where directories belong, read-only runs -------------------------------------------
@@ -539,9 +550,9 @@ def test_a_failed_report_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     before = tree(run / "report")
 
     def broken(run, out):
-        raise ValueError("a section that fails after the others drew their figures")
+        raise ValueError("a section that fails")
 
-    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, broken])
+    monkeypatch.setattr(report, "SECTIONS", [report.SECTIONS[0], broken, *report.SECTIONS[1:]])
     with pytest.raises(ValueError):
         report.write_report(run)
     assert tree(run / "report") == before

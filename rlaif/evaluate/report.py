@@ -88,7 +88,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     run_path = Path(run_dir)
     out = Path(output) if output else run_path / "report"
     RunDir(run_path)  # a directory that is no run is refused before anything is written into it
-    _check_output(run_path, out)
+    check_output(run_path, out)
     with _lock(run_path, out):
         run = RunDir(run_path)
         out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     return path
 
 
-def _check_output(run_path: Path, out: Path) -> None:
+def check_output(run_path: Path, out: Path) -> None:
     """OUTPUT is a directory, not inside the run's other files, and its report.html (if any) was written by rlaif."""
     if out.exists() and not out.is_dir():
         raise UserError("report output: is a file; give a directory", str(out))
