@@ -22,6 +22,7 @@ import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 PENDING = ".commit-pending"
 MANIFEST = ".commit-names.json"
@@ -143,7 +144,7 @@ class Commit:
         """Drop what was staged (nothing was published)."""
         shutil.rmtree(self.stage, ignore_errors=True)
 
-    def __enter__(self) -> Commit:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind, value, tb) -> None:

@@ -47,7 +47,8 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
     from .pipeline import plan
     from .pipeline import run as run_plan
 
-    p = plan(load_pipeline(pipeline, list(overrides), constitution=constitution, prompts=prompts, limit=limit, output=output), force)
+    loaded = load_pipeline(pipeline, list(overrides), constitution=constitution, prompts=prompts, limit=limit, output=output)
+    p = plan(loaded, force)
     info = run_plan(p)
     c = info["counts"]
     click.echo(f"{c['prompts']} prompts, {c['responses']} responses, {c['critique_rounds']} critique rounds "

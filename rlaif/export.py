@@ -168,7 +168,8 @@ def load_saved(path: str | Path, what: str = "dataset"):
     except FileNotFoundError as e:
         if not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
             raise UserError(f"{what}: not a saved dataset (save_to_disk)", str(path)) from None
-        raise UserError(f"{what}: the saved dataset is incomplete ({e}); run the command that wrote it again", str(path)) from None
+        raise UserError(f"{what}: the saved dataset is incomplete ({e}); run the command that wrote it again",
+                        str(path)) from None
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError; a short read an OSError
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"{what}: the saved dataset is damaged ({type(e).__name__}: {reason}); "

@@ -92,7 +92,8 @@ def check_run_dir(run_dir: Path, pipeline, force: bool = False) -> None:
             try:
                 owner = read_run_json(run_dir).get("name")
             except UserError as e:
-                raise UserError(f"{e.message}: cannot tell whose run this is; fix or remove it, or pass --force", e.file, e.line) from None
+                raise UserError(f"{e.message}: cannot tell whose run this is; fix or remove it, or pass --force",
+                                e.file, e.line) from None
             if owner != pipeline.name:
                 raise UserError(f"holds the run of pipeline {owner!r}, not {pipeline.name!r}; {hint}", str(run_dir))
     check_writable(run_dir)

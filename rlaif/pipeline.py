@@ -13,8 +13,8 @@ from . import __version__, atomic
 from .config import Pipeline
 from .constitution import Constitution, load_constitution
 from .errors import UserError, UserErrors
-from .guard import check_name, check_run_dir, guarded
 from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, with_pair_ids, write_dataset
+from .guard import check_name, check_run_dir, guarded
 from .judge_stats import judge_stats, print_judge_stats
 from .inputs import Prompt, load_prompts
 from .models import ModelPool, check_model

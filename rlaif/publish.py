@@ -119,7 +119,8 @@ def _conversation(messages: list[dict]) -> str:
 
 def for_annotation(run_dir, file: str) -> tuple[Path, Path, int]:
     """Write the preference pairs for people (CSV and JSONL) in a seeded random order per pair; keep the order."""
-    base, where = Path(file), "--for-annotation: names a directory; give a file name such as DIR/ann.csv (ann.csv and ann.jsonl are written)"
+    base = Path(file)
+    where = "--for-annotation: names a directory; give a file name such as DIR/ann.csv (ann.csv and ann.jsonl are written)"
     if base.name in ("", ".", "..") or str(file).endswith(("/", os.sep)):
         raise UserError(where, str(file))
     base = base.with_suffix("") if base.suffix in (".csv", ".jsonl") else base

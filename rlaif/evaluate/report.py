@@ -92,6 +92,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     with _lock(run_path, out):
         run = RunDir(run_path)
         out.mkdir(parents=True, exist_ok=True)
+        atomic.recover(out)  # the temporary figures directory of a report that was killed
         name = FIGURES + secrets.token_hex(4)
         tmp = atomic.temp_path(out / name)
         tmp.mkdir()
@@ -101,7 +102,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
             for f in (f for s in sections for f in s["figures"]):
                 f["file"] = f"{name}/{f['file']}"
             html = Templates(autoescape=True).render(TEMPLATE, summary=summary(run), sections=sections,
-                                                     warnings=warnings(run, sections), generated=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+                                                     warnings=warnings(run, sections),
+                                                     generated=time.strftime("%Y-%m-%d %H:%M:%S %z"))
             if any(s["figures"] for s in sections):
                 (tmp / MARKER).write_text("figures of an rlaif report; the next report removes this directory\n")
                 atomic._fsync_tree(tmp)

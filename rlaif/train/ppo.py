@@ -9,7 +9,6 @@ P prompt tokens (left-padded), T completion tokens (right-padded after the first
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
