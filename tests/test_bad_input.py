@@ -161,7 +161,7 @@ def test_empty_prompts_file(workdir, name, content):
         ("bad.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n',
          r"bad\.jsonl:1: the last message of a prompt must be from the user"),
         ("bad.csv", "text\nhello\n", r"bad\.csv:1: the CSV header has no `prompt` column"),
-        ("bad.txt", b"caf\xe9\n", r"bad\.txt: not UTF-8 text"),
+        ("bad.txt", b"caf\xe9\n", r"bad\.txt:1: not UTF-8 text"),
     ],
     ids=["invalid-json", "missing-field", "ends-with-assistant", "csv-no-column", "not-utf8"],
 )
