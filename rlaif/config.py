@@ -6,11 +6,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-
 from .errors import UserError, UserErrors
-from .schema import (Builder, Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, YamlMap,
-                     check_ranges, load_yaml, parse_yaml)
+from .ranges import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, check_ranges
+from .schema import Builder, YamlMap, load_yaml, parse_yaml
 
 TopP = Annotated[float, Range(0, 1, open_low=True)]  # nucleus mass: 1 keeps every token; 0 would keep none
 

@@ -11,7 +11,8 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import UserError, UserErrors
-from .schema import Builder, PositiveFloat, check_ranges, line_of, load_yaml
+from .ranges import PositiveFloat, check_ranges
+from .schema import Builder, line_of, load_yaml
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -26,6 +27,7 @@ class Prompt:
 
     id: str
     messages: tuple[dict, ...]
+    source: tuple = field(default=(None, None), compare=False, repr=False)  # (file, line) it was read from, for errors
 
 
 def _prompt(value, file: str, line: int | None) -> Prompt:
@@ -46,7 +48,7 @@ def _prompt(value, file: str, line: int | None) -> Prompt:
     if chars > MAX_PROMPT_CHARS:
         raise UserError(f"the prompt is {chars:,} characters; the limit is {MAX_PROMPT_CHARS:,}", file, line)
     digest = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
-    return Prompt(id=digest, messages=messages)
+    return Prompt(id=digest, messages=messages, source=(file, line))
 
 
 def _from_row(row: dict, file: str, line: int | None) -> Prompt:
@@ -190,3 +192,38 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     if not prompts:
         raise UserError("no prompts in the file (it is empty)", str(path), 1 if path.is_file() else None)
     return list(prompts.values())
+
+
+def check_prompt_tokens(pipeline, prompts: list[Prompt]) -> None:
+    """Refuse a prompt that cannot fit the policy's context with room for its answer, where the policy is a local
+    model (vllm: max_model_len; hf: the model's max_position_embeddings). The count is the messages' own tokens, a
+    lower bound: the chat template or few-shot examples come on top. Hub ids and servers are not checked here."""
+    cfg, respond = pipeline.models.policy, pipeline.stages.respond
+    if cfg.backend == "openai" or respond is None:
+        return
+    from .backends.default_model import MARKER, default_model_dir
+
+    model_dir = default_model_dir() if cfg.model == "default" else Path(cfg.model).expanduser()
+    if not (model_dir / "tokenizer.json").is_file() or (cfg.model == "default" and not (model_dir / MARKER).exists()):
+        return  # not known at plan time (a hub id, or the default model not prepared yet)
+    if cfg.backend == "vllm":
+        context, what = cfg.max_model_len, "models.policy.max_model_len"
+    else:
+        try:
+            context = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        what = "the model's max_position_embeddings"
+    tokenizer = _tokenizer(str(model_dir))
+    for p in prompts:
+        n = len(tokenizer.encode("\n".join(m["content"] for m in p.messages), add_special_tokens=False).ids)
+        if n + respond.max_tokens > context:
+            raise UserError(f"the prompt is at least {n:,} tokens: with stages.respond.max_tokens ({respond.max_tokens}) "
+                            f"it does not fit {what} ({context:,})", *p.source)
+
+
+@functools.cache
+def _tokenizer(model_dir: str):
+    from tokenizers import Tokenizer  # the Rust tokenizer alone: no transformers import at plan time
+
+    return Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))

@@ -106,3 +106,18 @@ def test_a_csv_field_over_128_kib_in_another_column(tmp_path):
 def test_a_byte_order_mark_is_not_content(tmp_path, name, body):
     (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + body.encode())  # Excel's "CSV UTF-8", Notepad's UTF-8
     assert load_prompts(tmp_path / name)[0].messages == ({"role": "user", "content": "hello"},)
+
+
+@pytest.mark.parametrize("backend, extra, pattern", [
+    ("vllm", ", max_model_len: 256", r"with stages\.respond\.max_tokens \(12\) it does not fit models\.policy\.max_model_len \(256\)"),
+    ("hf", "", r"with stages\.respond\.max_tokens \(12\) it does not fit the model's max_position_embeddings \(4,096\)"),
+])
+def test_a_prompt_longer_than_the_context_fails_at_plan_time(workdir, tiny_chat_model, backend, extra, pattern):
+    words = 300 if backend == "vllm" else 5000
+    (workdir / "long.txt").write_text("short one\n" + " ".join(["harmful request"] * words) + "\n")
+    path = write_pipeline(workdir / "p.yaml", tiny_chat_model, prompts="long.txt",
+                          stages="stages:\n  respond: {n: 2, max_tokens: 12}\n")
+    path.write_text(path.read_text().replace("backend: hf, dtype: float32", f"backend: {backend}{extra}"))
+    code, err = run_cli("run", path)
+    assert code == 2
+    assert_one_line(err, r"long\.txt:2: the prompt is at least [\d,]+ tokens: " + pattern)

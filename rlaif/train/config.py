@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from ..config import _apply_set, resolve_path
 from ..errors import UserError, UserErrors
 from ..models import check_model_path
-from ..schema import (Builder, Fraction, PositiveFloat, PositiveInt, Range, YamlList, YamlMap, check_ranges, load_yaml,
-                      short)
+from ..ranges import Fraction, PositiveFloat, PositiveInt, Range, check_ranges
+from ..schema import Builder, YamlList, YamlMap, load_yaml, short
 from . import find_dataset
 
 SOFT_LABELS = {"sft": ("none",), "reward": ("margin", "none"), "dpo": ("none", "label_smoothing", "weight"),
