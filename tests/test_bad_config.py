@@ -163,7 +163,7 @@ def test_principle_weight_must_be_finite_and_positive(workdir, weight, message):
 
 @pytest.mark.parametrize("block, pattern", [
     ("watch:\n  prompts: held.txt\n  min_winrate_drop: 2\n", r"watch\.min_winrate_drop: must be within \[0, 1\], got 2"),
-    ("watch:\n  prompts: held.txt\n  kl_bound: -1\n", r"watch\.kl_bound: must be > 0, got -1"),
+    ("watch:\n  prompts: held.txt\n  kl_bound: -1\n", r"watch\.kl_bound: must be >= 0, got -1"),
     ("reward:\n  judge: {constitution: c.yaml, principles_per_item: 0}\n", r"reward\.judge\.principles_per_item: must be >= 1"),
     ("ppo:\n  kl_coef: .inf\n", r"ppo\.kl_coef: must be a finite number, got inf"),
 ])

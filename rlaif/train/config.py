@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from ..config import _apply_set, resolve_path
 from ..errors import UserError, UserErrors
 from ..models import check_model_path
-from ..ranges import Fraction, PositiveFloat, PositiveInt, Range, check_ranges
+from ..ranges import Fraction, NonNegativeFloat, PositiveInt, Range, check_ranges
 from ..schema import Builder, YamlList, YamlMap, load_yaml, short
 from . import find_dataset
 
@@ -53,7 +53,7 @@ class WatchConfig:
     judge: JudgeReward | None = None  # default: reward.judge (required when the reward is a reward model)
     window: Annotated[int, Range(2)] = 3  # checks over which "reward rising while win rate falls" is judged (a trend needs two)
     min_winrate_drop: Fraction = 0.05  # how far the win rate must fall across the window to warn
-    kl_bound: PositiveFloat | None = None  # warn when the training KL passes this (nats)
+    kl_bound: NonNegativeFloat | None = None  # warn when the training KL passes this (nats); 0: whenever it is above 0
 
     def __post_init__(self):
         check_ranges(self)
