@@ -16,7 +16,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(str(e), err=True)
+            from .redact import redact
+
+            click.echo(redact(str(e)), err=True)  # an error may quote a server, and a server may quote the key
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished records are saved; run the same command again to resume", err=True)

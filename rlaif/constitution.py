@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import UserError, UserErrors
+from .ranges import PositiveFloat, check_ranges
 from .schema import Builder, line_of, load_yaml
 
 
@@ -22,9 +23,12 @@ class Principle:
     critique: str  # the critique request
     revision: str  # the revision request
     comparison: str | None = None  # the question the pairwise judge answers
-    weight: float = 1.0  # relative chance of being drawn for a critique round
+    weight: PositiveFloat = 1.0  # relative chance of being drawn for a critique round
     tags: tuple[str, ...] = ()
     line: int | None = dataclasses.field(default=None, compare=False, metadata={"yaml": False})  # for errors
+
+    def __post_init__(self):
+        check_ranges(self)  # a weight of 0, inf or nan would break `draw`
 
     @cached_property  # part of every critique, judge and score key: computed once (the dataclass is frozen)
     def sha256(self) -> str:
@@ -98,7 +102,7 @@ def load_constitution(path: str | Path) -> Constitution:
 
 
 def _check(data, b: Builder) -> None:
-    """Checks beyond types: non-empty text, a non-empty principle list, unique names, weights > 0."""
+    """Checks beyond types and ranges: non-empty text, a non-empty principle list, unique names."""
     if isinstance(data.get("name"), str) and not data["name"].strip():
         b.error("name", "must not be empty", line_of(data, "name"))
     principles = data.get("principles")
@@ -118,9 +122,6 @@ def _check(data, b: Builder) -> None:
                 b.error(f"{where}.name", f"duplicate principle name {name!r} (first defined on line {seen[name]})", line_of(p, "name"))
             elif isinstance(name, str):
                 seen[name] = line_of(p, "name")
-            w = p.get("weight")
-            if isinstance(w, (int, float)) and not isinstance(w, bool) and w <= 0:
-                b.error(f"{where}.weight", f"must be > 0, got {w}", line_of(p, "weight"))
     names = {p.get("name") for p in principles or [] if isinstance(p, dict)} if isinstance(principles, list) else set()
     for i, ex in enumerate(data.get("few_shot") or []):
         if isinstance(ex, dict) and isinstance(ex.get("principle"), str) and ex["principle"] not in names:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .schema import short
 
 ROLES = ("system", "user", "assistant")
+MAX_INPUT_BYTES = 2**30  # a prompts or labels file (1 GiB); the public red-team sets are tens of MB
+MAX_PROMPT_CHARS = 100_000  # one prompt, all its messages (~25k tokens): far past the contexts rlaif runs at
+# csv's own limit (128 KiB per field) would refuse a long answer in an annotation file; a field is bounded by the file
+csv.field_size_limit(max(csv.field_size_limit(), MAX_INPUT_BYTES))
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,7 @@ class Prompt:
 
     id: str
     messages: tuple[dict, ...]
+    source: tuple = field(default=(None, None), compare=False, repr=False)  # (file, line) it was read from, for errors
 
 
 def _prompt(value, file: str, line: int | None) -> Prompt:
@@ -29,14 +38,17 @@ def _prompt(value, file: str, line: int | None) -> Prompt:
     elif isinstance(value, list) and value:
         for m in value:
             if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-                raise UserError(f"each message needs a role ({'/'.join(ROLES)}) and a string content, got {m!r}", file, line)
+                raise UserError(f"each message needs a role ({'/'.join(ROLES)}) and a string content, got {short(m)}", file, line)
         if value[-1]["role"] != "user":
             raise UserError("the last message of a prompt must be from the user", file, line)
         messages = tuple({"role": m["role"], "content": m["content"]} for m in value)
     else:
         raise UserError("expected a non-empty `prompt` string or `messages` list", file, line)
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > MAX_PROMPT_CHARS:
+        raise UserError(f"the prompt is {chars:,} characters; the limit is {MAX_PROMPT_CHARS:,}", file, line)
     digest = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
-    return Prompt(id=digest, messages=messages)
+    return Prompt(id=digest, messages=messages, source=(file, line))
 
 
 def _from_row(row: dict, file: str, line: int | None) -> Prompt:
@@ -44,45 +56,107 @@ def _from_row(row: dict, file: str, line: int | None) -> Prompt:
         return _prompt(row["messages"], file, line)
     if "prompt" in row:
         return _prompt(row["prompt"], file, line)
-    raise UserError(f"no `prompt` or `messages` field (fields: {', '.join(map(str, row)) or 'none'})", file, line)
+    raise UserError(f"no `prompt` or `messages` field (fields: {', '.join(map(str, row)) or 'none'})"[:300], file, line)
 
 
-def jsonl_objects(path: Path):
-    """(line number, object) for each non-blank line of a JSONL file; bad JSON or a non-object names its line."""
-    with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+def check_file(path: Path, what: str) -> None:
+    """A regular file of at most MAX_INPUT_BYTES, else a UserError: /dev/zero or a pipe would be read until memory
+    runs out (or block forever), so they are refused before they are opened."""
+    limit = MAX_INPUT_BYTES
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found", str(path)) from None
+    except OSError as e:
+        raise UserError(f"cannot read the {what}: {e.strerror}", str(path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} is not a regular file (a device, pipe or socket); save it to a file first", str(path))
+    if st.st_size > limit:
+        raise UserError(f"{what} is {st.st_size:,} bytes; the limit is {limit:,} (split it, or save it with "
+                        "`datasets` save_to_disk and give the directory)", str(path))
+
+
+def text_lines(path: Path, what: str = "file"):
+    """(line number, text) for each line of a checked file, decoded as UTF-8 one line at a time (so a bad byte names
+    its line); a byte-order mark (Excel's "CSV UTF-8") is dropped."""
+    path = Path(path)
+    check_file(path, what)
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise UserError(f"cannot read the {what}: {e.strerror}", str(path)) from None
+    with f:
+        for n, raw in enumerate(f, 1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", str(path), n) from None
-            if not isinstance(row, dict):
-                raise UserError(f"expected a JSON object, got {type(row).__name__}", str(path), n)
-            yield n, row
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start} of the line)", str(path), n) from None
+            yield n, line.removeprefix("\ufeff") if n == 1 else line
+
+
+def parse_json_line(text: str):
+    """json.loads with every failure a ValueError whose message is one plain phrase."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
+    except ValueError as e:  # Python refuses int() of more than 4,300 digits
+        raise ValueError(f"invalid JSON: {str(e).split(';')[0]}") from None
+
+
+def jsonl_objects(path: Path, what: str = "JSONL file"):
+    """(line number, object) for each non-blank line of a JSONL file; bad JSON or a non-object names its line."""
+    for n, line in text_lines(path, what):
+        if not line.strip():
+            continue
+        try:
+            row = parse_json_line(line)
+        except ValueError as e:
+            raise UserError(str(e), str(path), n) from None
+        if not isinstance(row, dict):
+            raise UserError(f"expected a JSON object, got {type(row).__name__}", str(path), n)
+        yield n, row
+
+
+def csv_rows(lines, file: str):
+    """(line where the row starts, row as a list) for each non-blank row; `lines` yields (n, text) as text_lines does.
+    A row starts on the line after the previous row ended, so blank lines and multi-line fields keep the count right."""
+    reader = csv.reader((text for _, text in lines), strict=True)  # strict: a quote never closed is an error, not a prompt
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise UserError(f"malformed CSV: {e}", file, start) from None
+        if row:  # a blank line
+            yield start, row
 
 
 def _read_jsonl(path: Path):
-    for n, row in jsonl_objects(path):
+    for n, row in jsonl_objects(path, "prompts file"):
         yield _from_row(row, str(path), n)
 
 
 def _read_csv(path: Path):
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            return
-        if "prompt" not in reader.fieldnames:
-            raise UserError(f"the CSV header has no `prompt` column (columns: {', '.join(reader.fieldnames)})", str(path), 1)
-        for row in reader:
-            yield _from_row({"prompt": row["prompt"]}, str(path), reader.line_num)
+    rows = csv_rows(text_lines(path, "prompts file"), str(path))
+    line, header = next(rows, (1, None))
+    if header is None:
+        return
+    if "prompt" not in header:
+        raise UserError(f"the CSV header has no `prompt` column (columns: {', '.join(header)})"[:300], str(path), line)
+    column = header.index("prompt")
+    for n, row in rows:
+        yield _from_row({"prompt": row[column] if column < len(row) else None}, str(path), n)
 
 
 def _read_text(path: Path):
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield _from_row({"prompt": line.strip()}, str(path), n)
+    for n, line in text_lines(path, "prompts file"):
+        if line.strip():
+            yield _from_row({"prompt": line.strip()}, str(path), n)
 
 
 def _read_dataset(path: Path):
@@ -111,13 +185,45 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     else:
         reader = {".jsonl": _read_jsonl, ".csv": _read_csv}.get(path.suffix.lower(), _read_text)(path)
     prompts: dict[str, Prompt] = {}
-    try:
-        for p in reader:
-            prompts.setdefault(p.id, p)
-            if limit and len(prompts) >= limit:
-                break
-    except UnicodeDecodeError as e:
-        raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
+    for p in reader:
+        prompts.setdefault(p.id, p)
+        if limit and len(prompts) >= limit:
+            break
     if not prompts:
         raise UserError("no prompts in the file (it is empty)", str(path), 1 if path.is_file() else None)
     return list(prompts.values())
+
+
+def check_prompt_tokens(pipeline, prompts: list[Prompt]) -> None:
+    """Refuse a prompt that cannot fit the policy's context with room for its answer, where the policy is a local
+    model (vllm: max_model_len; hf: the model's max_position_embeddings). The count is the messages' own tokens, a
+    lower bound: the chat template or few-shot examples come on top. Hub ids and servers are not checked here."""
+    cfg, respond = pipeline.models.policy, pipeline.stages.respond
+    if cfg.backend == "openai" or respond is None:
+        return
+    from .backends.default_model import MARKER, default_model_dir
+
+    model_dir = default_model_dir() if cfg.model == "default" else Path(cfg.model).expanduser()
+    if not (model_dir / "tokenizer.json").is_file() or (cfg.model == "default" and not (model_dir / MARKER).exists()):
+        return  # not known at plan time (a hub id, or the default model not prepared yet)
+    if cfg.backend == "vllm":
+        context, what = cfg.max_model_len, "models.policy.max_model_len"
+    else:
+        try:
+            context = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        what = "the model's max_position_embeddings"
+    tokenizer = _tokenizer(str(model_dir))
+    for p in prompts:
+        n = len(tokenizer.encode("\n".join(m["content"] for m in p.messages), add_special_tokens=False).ids)
+        if n + respond.max_tokens > context:
+            raise UserError(f"the prompt is at least {n:,} tokens: with stages.respond.max_tokens ({respond.max_tokens}) "
+                            f"it does not fit {what} ({context:,})", *p.source)
+
+
+@functools.cache
+def _tokenizer(model_dir: str):
+    from tokenizers import Tokenizer  # the Rust tokenizer alone: no transformers import at plan time
+
+    return Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))

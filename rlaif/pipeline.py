@@ -16,7 +16,7 @@ from .errors import UserError, UserErrors
 from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, with_pair_ids, write_dataset
 from .guard import check_name, check_run_dir, guarded
 from .judge_stats import judge_stats, print_judge_stats
-from .inputs import Prompt, load_prompts
+from .inputs import Prompt, check_prompt_tokens, load_prompts
 from .models import ModelPool, check_model
 from .progress import Reporter
 from .quality import revision_problem
@@ -92,6 +92,7 @@ def plan(pipeline: Pipeline, force: bool = False) -> Plan:
     templates = Templates(pipeline.templates)
     dry_render(templates, constitution)
     prompts = load_prompts(pipeline.prompts, pipeline.limit)
+    check_prompt_tokens(pipeline, prompts)
     roles = [(role, cfg) for role, cfg in vars(pipeline.models).items() if cfg is not None]
     for role, cfg in roles:
         check_model(cfg, pipeline, f"models.{role}")

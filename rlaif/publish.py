@@ -111,6 +111,26 @@ def _push(found: dict, repo: str, card: Path) -> None:
     HfApi(token=token).upload_file(path_or_fileobj=str(card), path_in_repo="README.md", repo_id=repo, repo_type="dataset")
 
 
+# A cell that starts with one of these runs as a formula when a spreadsheet opens the CSV (=HYPERLINK(...), DDE);
+# prompts come from red-team sets and answers from models, so both are someone else's text. OWASP's rule: prefix "'".
+# "'" itself is on the list so the prefix can always be taken off again: a text that began with "'" gets a second one.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+ANNOTATION_TEXT = ("prompt", "response_a", "response_b")  # the annotation CSV's columns of someone else's text
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell that no spreadsheet runs as a formula (OWASP CSV injection: prefix "'")."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def from_spreadsheet(row: dict) -> dict:
+    """An annotation CSV row with its text cells as the model wrote them (undoes `spreadsheet_safe`).
+
+    A spreadsheet that saves the file may drop the prefix itself; then a text that began with "'" comes back one
+    quote short. Votes never depend on these cells: they follow `pair_id`, which is hex."""
+    return {k: v[1:] if k in ANNOTATION_TEXT and isinstance(v, str) and v.startswith("'") else v for k, v in row.items()}
+
+
 def _conversation(messages: list[dict]) -> str:
     if len(messages) == 1:
         return messages[0]["content"]
@@ -180,6 +200,6 @@ def _write_annotation(run_dir, base: Path) -> tuple[Path, Path, int]:
     with atomic.open_text(csv_path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in rows)  # the JSONL keeps the raw text
     atomic.write_jsonl(jsonl_path, rows)
     return csv_path, jsonl_path, len(rows)

@@ -93,7 +93,7 @@ def test_missing_constitution_file(workdir):
     [
         ({"stages": "stages:\n  respond: {n: two}\n"}, r"p\.yaml:9: stages\.respond\.n: expected int, got str 'two'"),
         ({"stages": "stages:\n  respond: {n: 2, temprature: 0.5}\n"}, r"p\.yaml:9: stages\.respond: unknown key 'temprature' \(did you mean 'temperature'\?\)"),
-        ({"stages": "stages:\n  respond: {n: 0}\n"}, r"p\.yaml:9: stages\.respond: n must be >= 1"),
+        ({"stages": "stages:\n  respond: {n: 0}\n"}, r"p\.yaml:9: stages\.respond\.n: must be >= 1, got 0"),
         ({"seeed": 1}, r"p\.yaml:11: unknown key 'seeed' \(did you mean 'seed'\?\)"),
         ({"stages": "stages:\n  critique: {rounds: 1}\n"}, r"p\.yaml:8: stages: `respond` is required"),
         ({"stages": "stages:\n  respond: {}\n  critique: {principles: [no-such]}\n"}, r"p\.yaml:10: stages\.critique\.principles: no principle named 'no-such'"),
@@ -161,7 +161,7 @@ def test_empty_prompts_file(workdir, name, content):
         ("bad.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n',
          r"bad\.jsonl:1: the last message of a prompt must be from the user"),
         ("bad.csv", "text\nhello\n", r"bad\.csv:1: the CSV header has no `prompt` column"),
-        ("bad.txt", b"caf\xe9\n", r"bad\.txt: not UTF-8 text"),
+        ("bad.txt", b"caf\xe9\n", r"bad\.txt:1: not UTF-8 text"),
     ],
     ids=["invalid-json", "missing-field", "ends-with-assistant", "csv-no-column", "not-utf8"],
 )
@@ -231,13 +231,13 @@ def test_judge_principle_without_comparison(workdir):
 
 
 @pytest.mark.parametrize("bad, pattern", [("{cot_clamp: [0.7, 0.2]}", r"cot_clamp must be"),
-                                          ("{min_margin: 2}", r"min_margin must be within"),
+                                          ("{min_margin: 2}", r"must be within \[0, 1\], got 2"),
                                           ("{pairs: some}", r"must be one of 'all', 'one', 'none', got 'some'")])
 def test_bad_judge_settings(workdir, bad, pattern):
     stages = f"stages:\n  respond: {{n: 2}}\n  judge: {bad}\n"
     code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", stages=stages))
     assert code == 2
-    assert_one_line(err, r"p\.yaml:10: stages\.judge(\.pairs)?: " + pattern)
+    assert_one_line(err, r"p\.yaml:10: stages\.judge(\.pairs|\.min_margin)?: " + pattern)
 
 
 def test_openai_api_key_variable_missing(workdir, monkeypatch):

@@ -17,6 +17,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .. import redact  # noqa: F401  (its filter scrubs keys from the warnings below: `reason` is server text)
+
 log = logging.getLogger("rlaif")
 
 FAILURES_TO_TAKE_OUT = 3  # 5xx / timeouts / malformed replies in a row; a refused connection takes it out at once

@@ -14,7 +14,8 @@ Several base URLs make a pool (backends/endpoints.py): each request goes to the 
 fails is sat out for a cool-down, and a failed request is retried on another at once. `max_concurrency` is per
 endpoint. The first URL names the model in record keys, so adding replicas keeps a run resumable.
 
-The API key lives only inside the clients; error messages are scrubbed of it in case a server echoes it.
+The API key lives only inside the clients; every error message and log line is scrubbed of it (rlaif.redact) in
+case a server echoes it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import openai
 
 from ..errors import UserError
+from ..redact import redact, register
 from .base import Completion, LogprobsUnavailable, Output, ProgressFn, Request
 from .endpoints import Cancelled, Endpoint, EndpointPool
 
@@ -188,12 +190,12 @@ class OpenAIGenerator:
                           "Lower max_concurrency or raise max_retries")
 
     def _error(self, message: str) -> ServerError:
-        key = self.pool.endpoints[0].client.api_key
-        return ServerError(message.replace(key, "***") if key and key != "EMPTY" else message)
+        return ServerError(redact(message))  # the key is registered in _client
 
 
 def _client(base_url: str, api_key: str | None, timeout: float) -> openai.OpenAI:
     # without a key the client would fall back to $OPENAI_API_KEY and send it to this server; vLLM's placeholder instead
+    register(api_key)
     return openai.OpenAI(api_key=api_key or "EMPTY", base_url=base_url, timeout=timeout, max_retries=0)
 
 
@@ -243,7 +245,7 @@ def _option_logprobs(pairs, options: list[str]) -> dict[str, float]:
 
 def _server_message(e: openai.APIStatusError) -> str:
     body = e.body.get("message", e.body) if isinstance(e.body, dict) else e.body
-    return " ".join(str(body or e.response.reason_phrase).split())[:300]
+    return redact(" ".join(str(body or e.response.reason_phrase).split()))[:300]  # redact first: a cut key is no longer found
 
 
 def _retry_after(headers) -> float | None:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ..config import _apply_set, resolve_path
 from ..errors import UserError, UserErrors
 from ..models import check_model_path
-from ..schema import Builder, YamlList, YamlMap, load_yaml
+from ..ranges import Fraction, NonNegativeFloat, PositiveInt, Range, check_ranges
+from ..schema import Builder, YamlList, YamlMap, load_yaml, short
 from . import find_dataset
 
 SOFT_LABELS = {"sft": ("none",), "reward": ("margin", "none"), "dpo": ("none", "label_smoothing", "weight"),
@@ -27,7 +29,10 @@ class JudgeReward:
     constitution: str
     model: str = "default"
     backend: Literal["hf", "vllm"] = "hf"
-    principles_per_item: int = 1
+    principles_per_item: PositiveInt = 1
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -41,21 +46,17 @@ class WatchConfig:
     """Reward-hacking watch (grpo, rloo, ppo): every `every` steps, the judge's win rate of the policy over its start."""
 
     prompts: str  # fixed held-out prompts (JSONL, CSV, text), answered greedily at every check
-    every: int = 10  # training steps between checks (TRL: checked at the first log at or after each multiple)
-    limit: int = 16  # use the first N prompts
-    max_new_tokens: int = 64
-    principles_per_comparison: int = 1
+    every: PositiveInt = 10  # training steps between checks (TRL: checked at the first log at or after each multiple)
+    limit: PositiveInt = 16  # use the first N prompts
+    max_new_tokens: PositiveInt = 64
+    principles_per_comparison: PositiveInt = 1
     judge: JudgeReward | None = None  # default: reward.judge (required when the reward is a reward model)
-    window: int = 3  # checks over which "reward rising while win rate falls" is judged
-    min_winrate_drop: float = 0.05  # how far the win rate must fall across the window to warn
-    kl_bound: float | None = None  # warn when the training KL passes this (nats)
+    window: Annotated[int, Range(2)] = 3  # checks over which "reward rising while win rate falls" is judged (a trend needs two)
+    min_winrate_drop: Fraction = 0.05  # how far the win rate must fall across the window to warn
+    kl_bound: NonNegativeFloat | None = None  # warn when the training KL passes this (nats); 0: whenever it is above 0
 
     def __post_init__(self):
-        for name in ("every", "limit", "max_new_tokens", "principles_per_comparison"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.window < 2:
-            raise ValueError(f"window must be >= 2 (a trend needs two checks), got {self.window}")
+        check_ranges(self)
 
 
 SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the DPO losses that read label_smoothing in TRL 1.16
@@ -70,7 +71,7 @@ class TrainConfig:
     method: Literal["sft", "reward", "dpo", "grpo", "rloo", "ppo"] | None = None  # may be left to the command line
     model: str = "default"  # "default" (the embedded model), a local HF directory, or a hub id
     soft_labels: Literal["none", "margin", "label_smoothing", "weight"] | None = None  # None: the method's default
-    eval_fraction: float | None = None  # reward: share of pairs held out for pairwise accuracy (default 0.2)
+    eval_fraction: Annotated[float, Range(0, 1, open_high=True)] | None = None  # reward: share of pairs held out for pairwise accuracy (default 0.2)
     peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
     reward: RewardSource | None = None  # grpo, rloo, ppo: the reward model or the AI judge
     ppo: dict[str, Any] = field(default_factory=dict)  # ppo: fields of rlaif.train.ppo.PPOConfig, one-to-one
@@ -197,8 +198,14 @@ def _scalar(tp, value):
         except ValueError:
             pass
     if isinstance(value, bool) == (kind is bool) and isinstance(value, (float, int) if kind is float else kind):
+        try:
+            finite = kind is not float or math.isfinite(value)  # no TRL or PPO setting means anything at inf or nan
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise ValueError(f"must be a finite number, got {short(value)}")
         return value
-    raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {short(value)}")
 
 
 def _collect(errors: list, check, *args):

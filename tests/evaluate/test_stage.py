@@ -43,7 +43,7 @@ def test_eval_stage_after_dpo(workdir, tiny_chat_model):
     ("  eval: {prompts: nope.txt}\n", "p.yaml:12: stages.eval.prompts: 'nope.txt' not found"),
     ("  eval: {prompts: held.txt, policies: [ppo]}\n", "stages.eval.policies: 'ppo' is not a training stage"),
     ("  eval: {prompts: held.txt, policies: [reward]}\n", "'reward' is not a policy-training stage"),
-    ("  eval: {prompts: held.txt, tie_band: 0.9}\n", "tie_band must be within [0, 0.5]"),
+    ("  eval: {prompts: held.txt, tie_band: 0.9}\n", "stages.eval.tie_band: must be within [0, 0.5], got 0.9"),
     ("  eval: {prompts: bad.jsonl}\n", "bad.jsonl:2:"),
 ])
 def test_eval_stage_bad_input(workdir, tiny_chat_model, block, pattern):

@@ -102,7 +102,7 @@ def test_grpo_with_the_watch_reuses_the_reward_judge(tmp_path, tiny_chat_model, 
 
 @pytest.mark.parametrize("watch_yaml, pattern", [
     ("watch:\n  prompts: nope.txt\n", "ppo.yaml:8: watch.prompts: 'nope.txt' not found"),
-    ("watch:\n  prompts: {held}\n  window: 1\n", "window must be >= 2"),
+    ("watch:\n  prompts: {held}\n  window: 1\n", "watch.window: must be >= 2"),
     ("watch:\n  prompts: {held}\n  evry: 3\n", "ppo.yaml:9: watch: unknown key 'evry' (did you mean 'every'?)"),
     ("watch:\n  prompts: {bad}\n", "bad.jsonl:2:"),
     ("watch:\n  prompts: {held}\n  judge: {{constitution: none.yaml}}\n", "none.yaml"),

@@ -117,11 +117,11 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("scale, pattern", [
     ("{engine: ray, replica: 2}", r"p\.yaml:\d+: scale: unknown key 'replica' \(did you mean 'replicas'\?\)"),
-    ("{engine: ray, replicas: 0}", r"p\.yaml:\d+: scale: replicas must be >= 1, got 0"),
+    ("{engine: ray, replicas: 0}", r"p\.yaml:\d+: scale\.replicas: must be >= 1, got 0"),
     ("{engine: threads}", r"p\.yaml:\d+: scale\.engine: must be one of 'inprocess', 'ray', got 'threads'"),
     ("{replicas: 2}", r"p\.yaml:\d+: scale: replicas need engine: ray"),
     ("{engine: ray, tensor_parallel: 2}", r"p\.yaml:\d+: scale\.tensor_parallel: models\.policy uses the hf backend"),
-    ("{engine: ray, num_cpus_per_replica: 0}", r"p\.yaml:\d+: scale: num_cpus_per_replica must be > 0"),
+    ("{engine: ray, num_cpus_per_replica: 0}", r"p\.yaml:\d+: scale\.num_cpus_per_replica: must be > 0"),
 ])
 def test_bad_scale_settings(workdir, tiny_chat_model, scale, pattern):
     from ..test_bad_input import assert_one_line, run_cli
