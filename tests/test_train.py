@@ -36,8 +36,10 @@ def data(tmp_path_factory) -> Path:
               "rejected": _msgs("assistant", f"No. Figure it out yourself {i}!"), "prompt_id": f"p{i // 2}",
               "p_chosen": p_chosen[i], "margin": margin[i]} for i in range(8)]
     datasets.Dataset.from_list(prefs).save_to_disk(str(root / "run" / "prefs"))
-    sft = [{"messages": _msgs("user", p) + _msgs("assistant", f"A careful, kind answer to: {p}")} for p in PROMPTS]
+    sft = [{"prompt": _msgs("user", p), "completion": _msgs("assistant", f"A careful, kind answer to: {p}")} for p in PROMPTS]
     datasets.Dataset.from_list(sft).save_to_disk(str(root / "run" / "sft"))
+    old_sft = [{"messages": r["prompt"] + r["completion"]} for r in sft]  # the export format before prompt/completion
+    datasets.Dataset.from_list(old_sft).save_to_disk(str(root / "old" / "sft"))
     datasets.Dataset.from_list(prefs).select([]).save_to_disk(str(root / "empty"), num_shards=1)
     no_rejected = [{"prompt": r["prompt"], "chosen": r["chosen"]} for r in prefs]
     datasets.Dataset.from_list(no_rejected).save_to_disk(str(root / "no_rejected"))
@@ -76,6 +78,40 @@ def test_sft_on_a_base_model_gets_a_chat_template(tiny_base_model, data, tmp_pat
     assert_trained(result, tiny_base_model, tmp_path / "out")
     assert "no chat template" in result.output and "saved to" in result.output
     assert "'Human: '" in (tmp_path / "out" / "chat_template.jinja").read_text()  # saved with the model
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_sft_trains_on_the_answer_only(tiny_base_model, tiny_chat_model, data, tmp_path, chat):
+    """Through TRL's own tokenization and collator: every prompt token (the request, the template up to the
+    assistant turn) has label -100; every answer token is a label equal to its input id."""
+    from transformers import AutoTokenizer
+
+    from rlaif.train.config import load_train_config
+    from rlaif.train.sft import build_trainer
+
+    model = tiny_chat_model if chat else tiny_base_model
+    cfg = load_train_config(write_config(tmp_path / "t.yaml", model, data / "run", tmp_path / "out"), "sft")
+    trainer, _ = build_trainer(cfg, log=lambda _: None)
+    tokenizer = trainer.processing_class
+    for i, row in enumerate(datasets.load_from_disk(str(data / "run" / "sft"))):
+        batch = trainer.data_collator([trainer.train_dataset[i]])
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [-100] * len(prompt)
+        assert labels[len(prompt):] == ids[len(prompt):]  # the whole answer (and its end-of-turn) is trained
+        trained = tokenizer.decode(ids[len(prompt):])
+        assert row["completion"][0]["content"] in trained and not any(m in trained for m in ("Human:", "<|user|>"))
+        assert row["prompt"][0]["content"] in tokenizer.decode(prompt)  # the request is context, not a target
+    assert trainer.completion_only_loss is True
+    assert AutoTokenizer.from_pretrained(model).bos_token_id in prompt[:1]  # one BOS, at the start
+
+
+def test_sft_on_an_older_messages_export(tiny_base_model, data, tmp_path):
+    """`messages` rows still train: prompt = all but the last turn, completion = the last (logged once)."""
+    cfg = write_config(tmp_path / "t.yaml", tiny_base_model, data / "old", tmp_path / "out")
+    result = run_cli("sft", cfg)
+    assert_trained(result, tiny_base_model, tmp_path / "out")
+    assert "has `messages` rows (an older export)" in result.output
 
 
 @pytest.mark.parametrize("soft", [None, "margin"])
