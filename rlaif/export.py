@@ -1,4 +1,4 @@
-"""Turn stored records into TRL-native datasets: `messages` rows for SFT, prompt/chosen/rejected pairs."""
+"""Turn stored records into TRL-native datasets: prompt/completion rows for SFT, prompt/chosen/rejected pairs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from .errors import UserError
 from .store import record_key
 
 MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
-SFT_FEATURES = datasets.Features(
-    {"messages": MESSAGES, "prompt_id": datasets.Value("string"), "sample": datasets.Value("int64"),
+SFT_FEATURES = datasets.Features(  # prompt-completion: TRL's SFTTrainer trains on the completion only
+    {"prompt": MESSAGES, "completion": MESSAGES, "prompt_id": datasets.Value("string"), "sample": datasets.Value("int64"),
      "source": datasets.Value("string"), "principles": [datasets.Value("string")], "model": datasets.Value("string"),
      "constitution_sha256": datasets.Value("string"), "seed": datasets.Value("int64")}
 )
@@ -45,6 +45,11 @@ def final_answer(response: dict, rounds: list[dict], problem) -> tuple[str | Non
     return answer, used, [p for p in problems if p]
 
 
+def sft_turns(messages: list[dict], answer: str) -> dict:
+    """An SFT row's inputs: the conversation as `prompt`, the answer as a one-message `completion` (loss on it only)."""
+    return {"prompt": list(messages), "completion": [{"role": "assistant", "content": answer}]}
+
+
 def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, meta: dict, problem=None) -> tuple[list, list, dict]:
     """SFT rows (final answers) and preference rows (final revision over initial response), plus counts.
 
@@ -61,8 +66,8 @@ def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, me
         common = {"prompt_id": r["prompt_id"], "sample": r["sample"], "constitution_sha256": meta["constitution_sha256"],
                   "seed": meta["seed"]}
         if history is None:  # no critique stage: the responses themselves are the SFT data
-            sft.append({"messages": r["messages"] + [{"role": "assistant", "content": r["text"]}], "source": "response",
-                        "principles": [], "model": r["model"], **common})
+            sft.append({**sft_turns(r["messages"], r["text"]), "source": "response", "principles": [], "model": r["model"],
+                        **common})
             continue
         answer, used, problems = final_answer(r, history.get(r["key"], []), problem)
         for why in problems:
@@ -71,8 +76,8 @@ def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, me
             stats["no_usable_revision"] += 1
             continue
         principles = [x["principle"] for x in used]
-        sft.append({"messages": r["messages"] + [{"role": "assistant", "content": answer}], "source": "revision",
-                    "principles": principles, "model": used[-1]["model"], **common})
+        sft.append({**sft_turns(r["messages"], answer), "source": "revision", "principles": principles,
+                    "model": used[-1]["model"], **common})
         prefs.append({
             "prompt": r["messages"], "chosen": [{"role": "assistant", "content": answer}],
             "rejected": [{"role": "assistant", "content": r["text"]}], "source": "ai", "pair_type": "revision",

@@ -235,8 +235,8 @@ def run_score(ctx, judge_model, p: Plan, responses: list[dict], sft: list[dict],
     cfg = p.pipeline.stages.score
     targets = [{k: r[k] for k in ("key", "text", "prompt_id", "messages")} for r in responses if r["text"]]
     if cfg.targets == "all":
-        targets += [{"key": record_key(final=row["messages"][-1]["content"], prompt=row["prompt_id"]), "text": row["messages"][-1]["content"],
-                     "prompt_id": row["prompt_id"], "messages": row["messages"][:-1]} for row in sft if row["source"] == "revision"]
+        targets += [{"key": record_key(final=row["completion"][-1]["content"], prompt=row["prompt_id"]), "text": row["completion"][-1]["content"],
+                     "prompt_id": row["prompt_id"], "messages": row["prompt"]} for row in sft if row["source"] == "revision"]
     records = score(ctx, judge_model, targets, cfg, p.pipeline.judge.prompt_format)
     atomic.write_jsonl(p.run_dir / "scores.jsonl",
                        ({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "model")} for r in records))

@@ -10,6 +10,10 @@ from .templates import Templates
 
 
 def _messages(prompt) -> list[dict]:
+    """A conversation as messages: a list of messages as it is; a plain string is the user's request.
+
+    Never pass a chat-rendered string here (it would be wrapped, and rendered, a second time): callers keep
+    TRL's conversational prompts as messages (rlaif.train.ppo does too)."""
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
@@ -59,24 +63,27 @@ class RewardModelReward:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "right"  # the classifier reads the last non-pad token
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
         self.batch_size = batch_size
         self.__name__ = f"reward_model_{path}"
 
-    def _text(self, prompt, completion) -> str:
-        messages = _messages(prompt) + [{"role": "assistant", "content": _text(completion)}]
+    def ids(self, prompt, completion) -> list[int]:
+        """Token ids as `rlaif train reward` (TRL's RewardTrainer) made them: the chat template over prompt + answer,
+        applied once and writing its own special tokens; without a template, the text with the tokenizer's own."""
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return (prompt if isinstance(prompt, str) else "") + _text(completion)
+            messages = _messages(prompt) + [{"role": "assistant", "content": _text(completion)}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        return self.tokenizer((prompt if isinstance(prompt, str) else "") + _text(completion))["input_ids"]
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
         import torch
 
-        texts = [self._text(p, c) for p, c in zip(prompts, completions)]
+        rows = [self.ids(p, c)[: self.tokenizer.model_max_length] for p, c in zip(prompts, completions)]
         scores: list[float] = []
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                       truncation=True, add_special_tokens=False).to(self.device)
-                scores += self.model(**batch).logits[:, 0].float().tolist()
+            for start in range(0, len(rows), self.batch_size):
+                batch = self.tokenizer.pad({"input_ids": rows[start : start + self.batch_size]}, return_tensors="pt")
+                scores += self.model(**batch.to(self.device)).logits[:, 0].float().tolist()
         return scores

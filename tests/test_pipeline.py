@@ -42,7 +42,7 @@ def test_sft_and_prefs_rows(workdir, tiny_chat_model):
     lines = (run_dir / "sft.jsonl").read_text().splitlines()
     assert len(sft) == len(lines) > 0
     row = sft[0]
-    assert row["messages"][0]["role"] == "user" and row["messages"][-1]["role"] == "assistant"
+    assert row["prompt"][-1]["role"] == "user" and [m["role"] for m in row["completion"]] == ["assistant"]
     prefs = datasets.load_from_disk(str(run_dir / "prefs"))
     assert len(prefs) == len((run_dir / "prefs.jsonl").read_text().splitlines())
     for row in prefs:

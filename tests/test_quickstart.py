@@ -24,7 +24,7 @@ def test_quickstart_on_vllm(workdir):
     assert info["status"] == "complete" and info["counts"]["responses"] == 6 and info["counts"]["critique_rounds"] == 6
     assert info["models"]["policy"].startswith("gemma-3-270m")
     sft = datasets.load_from_disk(str(out / "sft"))
-    assert len(sft) > 0 and all(row["messages"][-1]["content"] for row in sft)
+    assert len(sft) > 0 and all(row["completion"][-1]["content"] for row in sft)
     assert "tok/s" in proc.stderr  # the progress bars report throughput
     assert f"report: {out / 'report' / 'report.html'}" in proc.stdout.splitlines()  # `make demo` shows where the report is
     assert list((out / "report").glob("figures-*/fig-labels.png"))

@@ -62,8 +62,8 @@ def synthetic_run(path: Path, full: bool = True) -> Path:
                       "p_chosen": None if kind == "best_vs_worst" else p, "margin": 2 * p - 1,
                       "orders_agree": None if kind == "best_vs_worst" else i % 2 == 0})
     _write(path / "prefs.jsonl", prefs)
-    _write(path / "sft.jsonl", [{"messages": [{"role": "user", "content": f"sft prompt {i}"},
-                                              {"role": "assistant", "content": f"sft answer {i}"}],
+    _write(path / "sft.jsonl", [{"prompt": [{"role": "user", "content": f"sft prompt {i}"}],
+                                 "completion": [{"role": "assistant", "content": f"sft answer {i}"}],
                                  "source": ("revision", "response")[i % 2], "principles": [PRINCIPLES[i % 3]]} for i in range(4)])
     _write(path / "merged.jsonl", [{"pair_id": f"pair{i}", "source": ("ai", "human", "both")[i % 3]} for i in range(5)])
     _write(path / "scores.jsonl", [{"target_key": f"t{i}", "principle": PRINCIPLES[i % 3], "score": rng.uniform(1, 10)}
@@ -150,6 +150,15 @@ def test_tables_hold_the_numbers(tmp_path):
     assert "winrate: per principle" in s["eval"] and "kl (eval/kl.json)" in s["eval"] and "0.31" in s["eval"]
     assert "wins" in s["eval"] and "ci95" in s["eval"]
     assert "Files in the run directory" in s["details"] and "judge_stats.json" in s["details"]
+
+
+def test_sft_rows_of_older_runs_still_show(tmp_path):
+    """Runs exported before prompt/completion SFT rows have `messages`: the last turn is the answer."""
+    run = synthetic_run(tmp_path / "run")
+    _write(run / "sft.jsonl", [{"messages": [{"role": "user", "content": "old prompt 0"},
+                                             {"role": "assistant", "content": "old answer 0"}], "source": "revision"}])
+    s = _sections(write_report(run).read_text())
+    assert "old prompt 0" in s["sft"] and "old answer 0" in s["sft"]
 
 
 def test_newest_checkpoint_gives_the_curve(tmp_path):

@@ -87,7 +87,7 @@ def test_rounds_chain_and_pairs(workdir, scripted, fmt):
         assert row["critique"] == f"the answer [better({initial})] has a problem"
         assert row["rounds"] == 2 and len(row["principles"]) == 2
     sft = [json.loads(x) for x in (workdir / "outputs" / "test" / "sft.jsonl").read_text().splitlines()]
-    assert sorted(r["messages"][-1]["content"] for r in sft) == sorted(r["chosen"][0]["content"] for r in prefs)
+    assert sorted(r["completion"][-1]["content"] for r in sft) == sorted(r["chosen"][0]["content"] for r in prefs)
 
     # a rerun of the same command generates nothing new
     before = len(gen.requests)

@@ -36,11 +36,15 @@ def data(tmp_path_factory) -> Path:
               "rejected": _msgs("assistant", f"No. Figure it out yourself {i}!"), "prompt_id": f"p{i // 2}",
               "p_chosen": p_chosen[i], "margin": margin[i]} for i in range(8)]
     datasets.Dataset.from_list(prefs).save_to_disk(str(root / "run" / "prefs"))
-    sft = [{"messages": _msgs("user", p) + _msgs("assistant", f"A careful, kind answer to: {p}")} for p in PROMPTS]
+    sft = [{"prompt": _msgs("user", p), "completion": _msgs("assistant", f"A careful, kind answer to: {p}")} for p in PROMPTS]
     datasets.Dataset.from_list(sft).save_to_disk(str(root / "run" / "sft"))
+    old_sft = [{"messages": r["prompt"] + r["completion"]} for r in sft]  # the export format before prompt/completion
+    datasets.Dataset.from_list(old_sft).save_to_disk(str(root / "old" / "sft"))
     datasets.Dataset.from_list(prefs).select([]).save_to_disk(str(root / "empty"), num_shards=1)
     no_rejected = [{"prompt": r["prompt"], "chosen": r["chosen"]} for r in prefs]
     datasets.Dataset.from_list(no_rejected).save_to_disk(str(root / "no_rejected"))
+    bad_p = [r | {"p_chosen": 1.5 if i == 1 else r["p_chosen"]} for i, r in enumerate(prefs)]
+    datasets.Dataset.from_list(bad_p).save_to_disk(str(root / "bad_p"))
     return root
 
 
@@ -76,22 +80,65 @@ def test_sft_on_a_base_model_gets_a_chat_template(tiny_base_model, data, tmp_pat
     assert "'Human: '" in (tmp_path / "out" / "chat_template.jinja").read_text()  # saved with the model
 
 
-def test_reward_uses_margins_and_reports_held_out_accuracy(tiny_chat_model, data, tmp_path):
-    cfg = write_config(tmp_path / "t.yaml", tiny_chat_model, data / "run", tmp_path / "out", extra="eval_fraction: 0.25\n")
+@pytest.mark.parametrize("chat", [False, True])
+def test_sft_trains_on_the_answer_only(tiny_base_model, tiny_chat_model, data, tmp_path, chat):
+    """Through TRL's own tokenization and collator: every prompt token (the request, the template up to the
+    assistant turn) has label -100; every answer token is a label equal to its input id."""
+    from transformers import AutoTokenizer
+
+    from rlaif.train.config import load_train_config
+    from rlaif.train.sft import build_trainer
+
+    model = tiny_chat_model if chat else tiny_base_model
+    cfg = load_train_config(write_config(tmp_path / "t.yaml", model, data / "run", tmp_path / "out"), "sft")
+    trainer, _ = build_trainer(cfg, log=lambda _: None)
+    tokenizer = trainer.processing_class
+    for i, row in enumerate(datasets.load_from_disk(str(data / "run" / "sft"))):
+        batch = trainer.data_collator([trainer.train_dataset[i]])
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [-100] * len(prompt)
+        assert labels[len(prompt):] == ids[len(prompt):]  # the whole answer (and its end-of-turn) is trained
+        trained = tokenizer.decode(ids[len(prompt):])
+        assert row["completion"][0]["content"] in trained and not any(m in trained for m in ("Human:", "<|user|>"))
+        assert row["prompt"][0]["content"] in tokenizer.decode(prompt)  # the request is context, not a target
+    assert trainer.completion_only_loss is True
+    assert AutoTokenizer.from_pretrained(model).bos_token_id in prompt[:1]  # one BOS, at the start
+
+
+def test_sft_on_an_older_messages_export(tiny_base_model, data, tmp_path):
+    """`messages` rows still train: prompt = all but the last turn, completion = the last (logged once)."""
+    cfg = write_config(tmp_path / "t.yaml", tiny_base_model, data / "old", tmp_path / "out")
+    result = run_cli("sft", cfg)
+    assert_trained(result, tiny_base_model, tmp_path / "out")
+    assert "has `messages` rows (an older export)" in result.output
+
+
+@pytest.mark.parametrize("soft", [None, "margin"])
+def test_reward_with_soft_labels_reports_held_out_accuracy(tiny_chat_model, data, tmp_path, soft):
+    extra = "eval_fraction: 0.25\n" + (f"soft_labels: {soft}\n" if soft else "")
+    cfg = write_config(tmp_path / "t.yaml", tiny_chat_model, data / "run", tmp_path / "out", extra=extra)
     result = run_cli("reward", cfg)
-    m = assert_trained(result, tiny_chat_model, tmp_path / "out")["metrics"]
+    record = assert_trained(result, tiny_chat_model, tmp_path / "out")
+    m = record["metrics"]
+    assert record["config"]["soft_labels"] == (soft or "cross_entropy")  # the soft-label loss is the default
     assert m["train_pairs"] == 6 and m["eval_pairs"] == 2  # one whole prompt (two pairs) held out
     assert 0 <= m["eval_accuracy"] <= 1 and "held-out accuracy" in result.output
 
 
-@pytest.mark.parametrize("soft", ["label_smoothing", "weight"])
+@pytest.mark.parametrize("soft", [None, "rdpo", "weight"])
 def test_dpo_with_soft_labels(tiny_chat_model, data, tmp_path, soft):
-    extra = f"method: dpo\nsoft_labels: {soft}\n"
+    extra = "method: dpo\n" + (f"soft_labels: {soft}\n" if soft else "")
     cfg = write_config(tmp_path / "t.yaml", tiny_chat_model, data / "run", tmp_path / "out", extra=extra)
-    m = assert_trained(run_cli("dpo", cfg), tiny_chat_model, tmp_path / "out")["metrics"]
-    if soft == "label_smoothing":
-        conf = [0.9, 0.6, 1.0, 0.75, 1.0, 0.55, 0.75, 0.8]  # unjudged: 1; scored: (1 + margin) / 2
-        assert m["label_smoothing"] == pytest.approx(np.mean([1 - c for c in conf])) and m["loss_type"] == ["robust"]
+    record = assert_trained(run_cli("dpo", cfg), tiny_chat_model, tmp_path / "out")
+    m, conf = record["metrics"], [0.9, 0.6, 1.0, 0.75, 1.0, 0.55, 0.75, 0.8]  # unjudged: 1; scored: (1 + margin) / 2
+    if soft is None:  # the default: cDPO, each pair with its own label
+        assert record["config"]["soft_labels"] == "cdpo" and m["mean_p"] == pytest.approx(np.mean(conf))
+        assert m["hard_pairs"] == 2
+    elif soft == "rdpo":
+        eps = np.mean([1 - c for c in conf])
+        assert m["label_smoothing"] == pytest.approx(eps) and m["loss_type"] == ["robust"]
+        assert m["rdpo_scale"] == pytest.approx(1 / (1 - 2 * eps))
     else:
         assert m["rows"] == 8 and 1 <= m["distinct_pairs"] <= 8
 
@@ -126,6 +173,11 @@ def test_confidences_and_resampling():
     ("method", r"t\.yaml:4: method: this file trains 'sft'; run `rlaif train sft"),
     ("no_dataset", r"t\.yaml:2: dataset: '.*nowhere' not found"),
     ("trl_type", r"t\.yaml:11: trl\.num_train_epochs: expected float, got str 'many'"),
+    ("old_soft", r"t\.yaml:4: soft_labels: dpo takes cdpo or rdpo or weight or none, got 'label_smoothing' "
+                 r"\('label_smoothing' is now 'rdpo'; the per-pair default is 'cdpo'\)"),
+    ("cdpo_loss", r"t\.yaml:11: trl\.loss_type: soft_labels cdpo adds its per-pair term to TRL's sigmoid loss"),
+    ("rdpo_loss", r"t\.yaml:12: trl\.loss_type: soft_labels rdpo is TRL's robust loss, got \['exo_pair'\]"),
+    ("bad_p", r"t\.yaml:4: soft_labels: row 1 has p_chosen 1\.5, not a probability in \[0, 1\]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_chat_model, data, tmp_path, monkeypatch, case, pattern):
     """Caught before any weights load: from_pretrained must not be reached."""
@@ -153,6 +205,14 @@ def test_bad_input_is_one_line_and_exit_2(tiny_chat_model, data, tmp_path, monke
         dataset = data / "nowhere"
     elif case == "trl_type":
         trl = "  num_train_epochs: many\n"
+    elif case == "old_soft":
+        extra = "soft_labels: label_smoothing\n"
+    elif case == "cdpo_loss":
+        trl = "  loss_type: ipo\n"
+    elif case == "rdpo_loss":
+        extra, trl = "soft_labels: rdpo\n", "  loss_type: exo_pair\n"
+    elif case == "bad_p":
+        dataset, extra = data / "bad_p", "soft_labels: cdpo\n"
     result = run_cli("dpo", write_config(tmp_path / "t.yaml", model, dataset, tmp_path / "out", extra, trl))
     err = result.stderr.strip()
     assert result.exit_code == 2, result.output + err + repr(result.exception)

@@ -43,9 +43,7 @@ def sft(run: RunDir, out: Path) -> dict:
     if not rows:
         return section("sft", "SFT data", "not present (no sft.jsonl)")
     sources = Counter(str(r.get("source")) for r in rows)
-    messages = [m if isinstance(m := r.get("messages"), list) else [] for r in rows[:5]]
-    examples = [{"source": r.get("source"), "principles": r.get("principles"), "prompt": _text(m[:1]), "answer": _text(m[1:])}
-                for r, m in zip(rows, messages)]
+    examples = [{"source": r.get("source"), "principles": r.get("principles"), **_prompt_answer(r)} for r in rows[:5]]
     tables = [table("SFT rows by source (sft.jsonl)", ["source", "rows"], sorted(sources.items())),
               records("Example rows (the first 5)", examples)]
     problems = _mapping(run.info.get("counts")).get("revision_problems")
@@ -91,6 +89,14 @@ def labels(run: RunDir, out: Path) -> dict:
     if isinstance(dropped, dict):
         tables.append(key_values("Pairs dropped by the judge stage (run.json counts.judge.dropped)", dropped))
     return section("labels", "Preference labels", figures=figures, tables=tables)
+
+
+def _prompt_answer(row: dict) -> dict:
+    """An SFT row's request and answer: prompt/completion rows, or the `messages` rows of older runs."""
+    if "messages" in row and "completion" not in row:
+        m = row["messages"] if isinstance(row["messages"], list) else []
+        return {"prompt": _text(m[:-1]), "answer": _text(m[-1:])}
+    return {"prompt": _text(row.get("prompt")), "answer": _text(row.get("completion"))}
 
 
 def _text(messages) -> str | None:

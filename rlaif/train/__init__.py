@@ -17,7 +17,7 @@ from ..models import DEFAULT_MODEL_ID
 from ..templates import DEFAULT_DIR
 
 CHAT_TEMPLATE = DEFAULT_DIR / "training" / "chat_template.jinja"
-COLUMNS = {"sft": ("messages",), "reward": ("prompt", "chosen", "rejected"), "dpo": ("prompt", "chosen", "rejected"),
+COLUMNS = {"sft": ("prompt", "completion"), "reward": ("prompt", "chosen", "rejected"), "dpo": ("prompt", "chosen", "rejected"),
            "grpo": ("prompt",), "rloo": ("prompt",), "ppo": ("prompt",)}
 
 
@@ -61,6 +61,8 @@ def find_dataset(cfg, method: str) -> str:
     if isinstance(ds, datasets.DatasetDict):
         raise UserError(f"dataset: {str(path)!r} holds splits {list(ds)}; point at one split's directory", file, line)
     missing = [c for c in COLUMNS[method] if c not in ds.column_names]
+    if method == "sft" and "messages" in ds.column_names:
+        missing = []  # an older sft/ export: rlaif.train.sft splits off the last assistant turn
     if missing:
         raise UserError(f"dataset: {str(path)!r} has no {', '.join(missing)} column (a {method} dataset needs "
                         f"{', '.join(COLUMNS[method])})", file, line)

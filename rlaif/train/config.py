@@ -18,8 +18,10 @@ from ..ranges import Fraction, NonNegativeFloat, PositiveInt, Range, check_range
 from ..schema import Builder, YamlList, YamlMap, load_yaml, short
 from . import find_dataset
 
-SOFT_LABELS = {"sft": ("none",), "reward": ("margin", "none"), "dpo": ("none", "label_smoothing", "weight"),
-               "grpo": ("none",), "rloo": ("none",), "ppo": ("none",)}  # first: default
+# how each method reads the per-pair label p (rlaif.train.confidences); first: the default. docs/training.md
+SOFT_LABELS = {"sft": ("none",), "reward": ("cross_entropy", "margin", "none"), "dpo": ("cdpo", "rdpo", "weight", "none"),
+               "grpo": ("none",), "rloo": ("none",), "ppo": ("none",)}
+RENAMED = {"label_smoothing": "rdpo"}  # older names, for the error message
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ class WatchConfig:
         check_ranges(self)
 
 
-SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")  # the DPO losses that read label_smoothing in TRL 1.16
+# DPOConfig values under which TRL's loss is the plain sigmoid loss that cdpo adds its per-pair term to
+CDPO_DEFAULTS = {"loss_type": ["sigmoid"], "loss_weights": None, "f_divergence_type": "reverse_kl", "ld_alpha": None,
+                 "use_weighting": False, "label_smoothing": 0.0}
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class TrainConfig:
     output_dir: str
     method: Literal["sft", "reward", "dpo", "grpo", "rloo", "ppo"] | None = None  # may be left to the command line
     model: str = "default"  # "default" (the embedded model), a local HF directory, or a hub id
-    soft_labels: Literal["none", "margin", "label_smoothing", "weight"] | None = None  # None: the method's default
+    soft_labels: str | None = None  # one of SOFT_LABELS[method] (checked per method); None: the method's default
     eval_fraction: Annotated[float, Range(0, 1, open_high=True)] | None = None  # reward: share of pairs held out for pairwise accuracy (default 0.2)
     peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
     reward: RewardSource | None = None  # grpo, rloo, ppo: the reward model or the AI judge
@@ -112,7 +116,8 @@ def train_config_from_data(data: YamlMap, path: str, method: str | None, check_d
     soft = cfg.soft_labels or SOFT_LABELS[method][0]
     if soft not in SOFT_LABELS[method]:
         allowed = " or ".join(SOFT_LABELS[method])
-        errors.append(UserError(f"soft_labels: {method} takes {allowed}, got {soft!r}", *cfg.where("soft_labels")))
+        hint = f" ({soft!r} is now {RENAMED[soft]!r}; the per-pair default is {SOFT_LABELS[method][0]!r})" if soft in RENAMED else ""
+        errors.append(UserError(f"soft_labels: {method} takes {allowed}, got {soft!r}{hint}", *cfg.where("soft_labels")))
     fraction = cfg.eval_fraction
     if method == "reward" and not 0 <= (fraction := 0.2 if fraction is None else fraction) < 1:
         errors.append(UserError(f"eval_fraction: must be within [0, 1), got {fraction}", *cfg.where("eval_fraction")))
@@ -174,14 +179,22 @@ def _check_trl(cfg: TrainConfig, method: str, soft: str, errors: list) -> dict:
                 out[key] = _scalar(fields[key].type, value)
             except ValueError as e:
                 errors.append(UserError(f"trl.{key}: {e}", *cfg.where(f"trl.{key}")))
-    if soft == "label_smoothing":
+    if soft == "cdpo":
+        for key, default in CDPO_DEFAULTS.items():
+            value = [out[key]] if key == "loss_type" and isinstance(out.get(key), str) else out.get(key, default)
+            if value != default and not (key == "loss_weights" and value == [1.0]):
+                errors.append(UserError(f"trl.{key}: soft_labels cdpo adds its per-pair term to TRL's sigmoid loss, so "
+                                        f"{key} must stay {default!r}; use soft_labels rdpo (robust), weight or none "
+                                        "for other DPO losses", *cfg.where(f"trl.{key}")))
+    if soft == "rdpo":
         if "label_smoothing" in out:
-            errors.append(UserError("trl.label_smoothing: soft_labels: label_smoothing sets it from p_chosen; remove one",
+            errors.append(UserError("trl.label_smoothing: soft_labels rdpo sets it to mean(1 - p_chosen); remove one",
                                     *cfg.where("trl.label_smoothing")))
         losses = [out["loss_type"]] if isinstance(out.get("loss_type"), str) else out.get("loss_type", ["robust"])
-        if not set(losses) & set(SMOOTHED_LOSSES):
-            errors.append(UserError(f"trl.loss_type: {losses} ignores label_smoothing in TRL; use one of "
-                                    f"{', '.join(SMOOTHED_LOSSES)} (default robust)", *cfg.where("trl.loss_type")))
+        if list(losses) != ["robust"]:
+            errors.append(UserError(f"trl.loss_type: soft_labels rdpo is TRL's robust loss, got {losses}; for "
+                                    "exo_pair or aot set trl.label_smoothing yourself with soft_labels none",
+                                    *cfg.where("trl.loss_type")))
     return out
 
 

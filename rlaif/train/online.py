@@ -98,7 +98,8 @@ def _watch(cfg, tokenizer, reward, log):
 
 
 def run_ppo(cfg, log) -> dict:
-    """rlaif's own PPO (rlaif.train.ppo) on the dataset's distinct prompts, rendered with the chat template."""
+    """rlaif's own PPO (rlaif.train.ppo) on the dataset's distinct prompts, kept as messages: PPO renders them with
+    the chat template once, and the reward receives the same messages (never a rendered string)."""
     import datasets
 
     from ..models import resolve_model
@@ -107,8 +108,7 @@ def run_ppo(cfg, log) -> dict:
     path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(path, log)
     dataset = _prompts(datasets.load_from_disk(cfg.dataset))
-    prompts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-               for p in dataset["prompt"]]
+    prompts = list(dataset["prompt"])
     from transformers import AutoModelForCausalLM
 
     peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")

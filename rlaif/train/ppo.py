@@ -2,7 +2,8 @@
 reference, GAE, clipped policy and value losses, and an adaptive KL coefficient.
 
 Follows Ziegler et al. (2019), Ouyang et al. (2022) and "The N Implementation Details of RLHF with PPO"
-(Huang et al.). TRL 1.16 has no PPO trainer, so this file is the project's own. Shapes: B sequences,
+(Huang et al.). TRL 1.16 has no PPO trainer, so this file is the project's own; the tensor math is in ppo_math.py.
+Prompts are conversations (or raw text), tokenized once (prompt_ids); the reward sees them as given. Shapes: B sequences,
 P prompt tokens (left-padded), T completion tokens (right-padded after the first EOS), V vocabulary.
 """
 
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from .. import atomic
+from .ppo_math import (AdaptiveKLController, FixedKLController, completion_mask, entropy_from_logits,  # noqa: F401
+                       gae, logprobs_from_logits, masked_mean, masked_whiten, per_token_rewards, policy_loss, value_loss)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -73,120 +76,23 @@ class PPOConfig:
             raise ValueError("PPOConfig: " + "; ".join(errors))
 
 
-# ----------------------------------------------------------------------------- pure functions
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) = logits[token] - logsumexp(logits); (B, T, V), (B, T) -> (B, T)."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def completion_mask(tokens: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
-    """1 up to and including each row's first EOS, 0 after (generate() pads finished rows); (B, T) -> (B, T) float."""
-    is_eos = torch.isin(tokens, eos_ids).long()
-    return ((is_eos.cumsum(1) - is_eos) == 0).float()  # no EOS strictly before t
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(l) - sum softmax(l) * l; (B, T, V) -> (B, T)."""
-    logits = logits.float()
-    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum(x * m) / sum(m): the mean over the entries where mask is 1."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8), mean and (population) variance over the masked entries; masked-out entries -> 0."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
-
-
-def per_token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                      kl_coef: float) -> torch.Tensor:
-    """r_t = -kl_coef * (logp_t - ref_logp_t) on real tokens, plus the sequence score at each row's last real token.
-
-    score (B,), logprobs/ref_logprobs/mask (B, T) -> rewards (B, T), 0 where mask is 0.
-    """
-    rewards = -kl_coef * (logprobs - ref_logprobs) * mask  # (B, T)
-    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # (B,) index of each row's last 1
-    rewards[torch.arange(len(score)), last] += score.to(rewards.dtype)
-    return rewards
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
-    """Generalised advantage estimation, backwards over t; positions where mask is 0 end the episode.
-
-    delta_t = r_t + gamma * V_{t+1} * m_{t+1} - V_t;  A_t = delta_t + gamma * lam * m_{t+1} * A_{t+1};
-    returns R_t = A_t + V_t. (B, T) each -> advantages (B, T), returns (B, T), both 0 where mask is 0.
-    """
-    rewards, values = rewards * mask, values * mask
-    T = rewards.shape[1]
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])  # A_{t+1}, (B,)
-    for t in reversed(range(T)):
-        next_mask = mask[:, t + 1] if t + 1 < T else torch.zeros_like(running)
-        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value * next_mask - values[:, t]
-        running = delta + gamma * lam * next_mask * running
-        advantages[:, t] = running
-    advantages = advantages * mask
-    return advantages, advantages + values
-
-
-def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
-    """Clipped surrogate: mean over real tokens of max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)), ratio = exp(logp - old).
-
-    Also returns clipfrac (share of tokens where the clipped term is the larger) and approx_kl, the k3 estimate of
-    KL(old || new): mean of (ratio - 1) - log ratio (>= 0). All inputs (B, T); outputs are scalars.
-    """
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).float(), mask)
-    approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
-    return loss, clipfrac.detach(), approx_kl.detach()
-
-
-def value_loss(values, old_values, returns, mask, cliprange_value: float):
-    """0.5 * mean over real tokens of max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, -c, c).
-
-    Also returns clipfrac: the share of tokens where the clipped error is the larger. Inputs (B, T); scalars out.
-    """
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    unclipped_error, clipped_error = (values - returns) ** 2, (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped_error, clipped_error), mask)
-    return loss, masked_mean((clipped_error > unclipped_error).float(), mask).detach()
-
-
-class FixedKLController:
-    """kl_coef stays where it started."""
-
-    def __init__(self, kl_coef: float):
-        self.value = kl_coef
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """No change."""
-
-
-class AdaptiveKLController:
-    """Ziegler et al.: err = clip(KL / target - 1, -0.2, 0.2); kl_coef *= 1 + err * n_steps / horizon."""
-
-    def __init__(self, kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = kl_coef, target, horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Move kl_coef toward the value that keeps the KL at target; n_steps: sequences in the rollout just used."""
-        err = min(max(current_kl / self.target - 1, -0.2), 0.2)
-        self.value *= 1 + err * n_steps / self.horizon
-
-
 # ----------------------------------------------------------------------------- model
+
+
+def prompt_ids(tokenizer, prompt, max_length: int) -> list[int]:
+    """A prompt's token ids from one tokenization, as TRL's trainers make them: a conversation through the chat
+    template with add_generation_prompt (the template writes BOS itself, so no special tokens are added again);
+    text through the tokenizer with its special tokens, unless it already starts with the BOS text. A prompt longer
+    than max_length keeps its last tokens, after its leading BOS."""
+    if isinstance(prompt, str):
+        bos_text = prompt.startswith(tokenizer.bos_token) if tokenizer.bos_token else False
+        ids = tokenizer(prompt, add_special_tokens=not bos_text)["input_ids"]
+    else:
+        ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    if len(ids) <= max_length:
+        return ids
+    head = ids[:1] if tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else []
+    return head + ids[len(ids) - max_length + len(head):]  # the model was trained with a BOS: keep it
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -288,12 +194,12 @@ class PPOTrainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str]):
+    def rollout(self, prompts: list):
         """Sample one completion per prompt: ids (B, P+T), attention mask (B, P+T), P, completion mask (B, T), texts.
 
-        A prompt is text the tokenizer encodes as it is (its special tokens included): apply any chat template first.
+        A prompt is a conversation (a list of messages, rendered with the chat template) or raw text (prompt_ids).
         """
-        ids = [x[-self.config.max_prompt_length:] for x in self.tokenizer(list(prompts))["input_ids"]]  # keep the end
+        ids = [prompt_ids(self.tokenizer, x, self.config.max_prompt_length) for x in prompts]
         P, pad = max(map(len, ids)), self.tokenizer.pad_token_id
         prompt = torch.tensor([[pad] * (P - len(x)) + x for x in ids], device=self.device)  # left-padded, (B, P)
         prompt_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], device=self.device)
@@ -327,8 +233,8 @@ class PPOTrainer:
                 logits = self.ref(input_ids=seq, attention_mask=attention, position_ids=position_ids(attention)).logits
         return logprobs_from_logits(logits[:, P - 1:-1].float() / self.config.temperature, seq[:, P:])
 
-    def step(self, prompts: list[str]) -> dict:
-        """One PPO iteration on one rollout of `prompts`; returns its stats."""
+    def step(self, prompts: list) -> dict:
+        """One PPO iteration on one rollout of `prompts`; returns its stats. The reward sees the prompts as given."""
         c, start = self.config, time.time()
         seq, attention, P, mask, texts = self.rollout(prompts)
         scores = [float(s) for s in self.reward_fn(list(prompts), texts)]
@@ -368,7 +274,7 @@ class PPOTrainer:
                 "value_clipfrac": vf_clipfrac, "approx_kl": approx_kl, "kl_coef": kl_coef,
                 "completion_length": mask.sum(1).mean().item(), "seconds": time.time() - start}
 
-    def train(self, prompt_list: list[str], log=print, watch=None) -> list[dict]:
+    def train(self, prompt_list: list, log=print, watch=None) -> list[dict]:
         """total_steps rollouts of batch_size prompts, cycling through prompt_list; returns (and keeps) the history.
 
         `watch` (rlaif.evaluate.watch.Watch) judges the policy against its start whenever a check is due.
@@ -403,7 +309,7 @@ class PPOTrainer:
         self.tokenizer.save_pretrained(output_dir)
 
 
-def train_ppo(model_path: str, prompts: list[str], reward_fn, config: PPOConfig, log=print, peft_config=None,
+def train_ppo(model_path: str, prompts: list, reward_fn, config: PPOConfig, log=print, peft_config=None,
               tokenizer=None, watch=None) -> list[dict]:
     """Load the model and tokenizer, train with PPO, save to config.output_dir (plus ppo_history.jsonl); the history."""
     from transformers import AutoTokenizer

@@ -1,26 +1,52 @@
-"""A reward model on preference pairs (a run's prefs/) with TRL's RewardTrainer; soft labels become margins."""
+"""A reward model on preference pairs (a run's prefs/) with TRL's RewardTrainer; soft labels as cross-entropy targets."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from trl import RewardTrainer
 
 from ..errors import UserError
 from . import confidences, load_tokenizer, lora_config, trl_args
+from .soft_labels import COLUMN, carry_p, soft_label_loss, with_confidence
+
+
+class SoftRewardTrainer(RewardTrainer):
+    """RewardTrainer fitting the soft label: -[p log sigmoid(dr) + (1 - p) log sigmoid(-dr)], dr = r_chosen - r_rejected.
+
+    The RLAIF paper's reward-model loss (Lee et al. 2023, section 2.2): sigmoid(dr) converges to p, where TRL's
+    -log sigmoid(dr) pushes every pair to dr -> infinity. TRL's loss (and its metrics, and any
+    center_rewards_coefficient term) is kept and l(dr, p) - l(dr, 1) is added per pair, from the same forward pass.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        carry_p(self)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss plus the mean soft-label correction; `p` (B,) is taken out of the batch first."""
+        p = inputs.pop(COLUMN)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        chosen, rejected = outputs.logits.squeeze(-1).chunk(2)  # the collator puts every chosen answer first
+        x = chosen - rejected  # (B,)
+        loss = loss + (soft_label_loss(x, p.to(x.device)) - soft_label_loss(x, torch.ones_like(x))).mean()
+        return (loss, outputs) if return_outputs else loss
 
 
 def run(cfg, log) -> dict:
     """Train on all but a held-out share of the pairs, report held-out pairwise accuracy, save to output_dir."""
     import datasets
-    import torch
     from transformers import AutoModelForSequenceClassification
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
     from ..models import resolve_model
 
     args = trl_args(RewardConfig, cfg)
     dataset = datasets.load_from_disk(cfg.dataset)
-    columns = ["prompt", "chosen", "rejected"]
-    if cfg.soft_labels == "margin":
+    columns = ["prompt", "chosen", "rejected"]  # a dataset's own margin column is not read unless asked for
+    if cfg.soft_labels == "cross_entropy":
+        dataset, columns = with_confidence(dataset, confidences(dataset), cfg.where("soft_labels")), [*columns, COLUMN]
+    elif cfg.soft_labels == "margin":
         # RewardTrainer's loss is -log sigmoid(r_chosen - r_rejected - margin): a sure pair must win by more
         margin = (2 * confidences(dataset) - 1).tolist()
         dataset = dataset.remove_columns([c for c in ("margin",) if c in dataset.column_names]).add_column("margin", margin)
@@ -33,8 +59,9 @@ def run(cfg, log) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)  # new 1-output head
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     log(f"reward: {len(train_ds)} pairs to train, {len(eval_ds)} held out (whole prompts), soft labels {cfg.soft_labels}")
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
-                            processing_class=tokenizer, peft_config=peft_config)
+    trainer_cls = SoftRewardTrainer if cfg.soft_labels == "cross_entropy" else RewardTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
+                          processing_class=tokenizer, peft_config=peft_config)
     result = trainer.train()
     metrics = {"rows": len(dataset), "train_pairs": len(train_ds), "steps": result.global_step,
                "train_loss": result.training_loss, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
@@ -65,8 +92,6 @@ def split(dataset, fraction: float, seed: int, where: tuple) -> tuple[list[int],
 
 def pairwise_accuracy(trainer, batch_size: int = 8) -> float | None:
     """Share of held-out pairs whose chosen answer gets the higher reward (a tie counts as wrong, as in TRL)."""
-    import torch
-
     model, rows, wins = trainer.model.eval(), trainer.eval_dataset, 0  # rows: tokenized (and max_length-filtered)
     if len(rows) == 0:
         return None
