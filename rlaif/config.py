@@ -86,7 +86,8 @@ class JudgeConfig:
     chain_of_thought: bool = False  # let the judge reason first, then read the option probabilities
     cot_clamp: tuple[float, ...] | None = (0.4, 0.6)  # CoT probabilities sit near 0 or 1; None: no clamp
     cot_max_tokens: int = 160
-    max_tokens: int = 8  # parse method: length of the generated verdict
+    max_tokens: int = 64  # parse method: length of the generated verdict (chat models write a sentence first)
+    min_option_mass: float = 0.5  # P(A) + P(B) below this (the judge means to say something else): no label for that order
     min_margin: float = 0.0  # pairs: drop pairs with |2 * label - 1| below this
     drop_inconsistent: bool = False  # pairs: drop pairs whose two orders disagree on the winner
     drop_ties: bool = True  # pairs: drop pairs whose label is exactly 0.5 (or missing)
@@ -98,6 +99,8 @@ class JudgeConfig:
             raise ValueError(f"cot_clamp must be [low, high] with 0 <= low <= high <= 1, got {list(self.cot_clamp)}")
         if not 0 <= self.min_margin <= 1:
             raise ValueError(f"min_margin must be within [0, 1], got {self.min_margin}")
+        if not 0 <= self.min_option_mass <= 1:
+            raise ValueError(f"min_option_mass must be within [0, 1], got {self.min_option_mass}")
 
 
 @dataclass(frozen=True)
@@ -109,11 +112,14 @@ class ScoreConfig:
     principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all
     best_vs_worst: bool = True  # add a best-vs-worst-of-n preference pair per prompt
     min_gap: float = 0.0  # smallest score difference for a best-vs-worst pair
+    min_digit_mass: float = 0.5  # P("1") + ... + P("10") below this (the judge is not giving a number): unrated
 
     def __post_init__(self):
         _positive(principles_per_item=self.principles_per_item)
         if not 0 <= self.min_gap <= 9:
             raise ValueError(f"min_gap must be within [0, 9], got {self.min_gap}")
+        if not 0 <= self.min_digit_mass <= 1:
+            raise ValueError(f"min_digit_mass must be within [0, 1], got {self.min_digit_mass}")
 
 
 @dataclass(frozen=True)
