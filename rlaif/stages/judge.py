@@ -153,7 +153,7 @@ def build_comparisons(responses: list[dict], finals: dict[str, tuple[str, str]],
 # ---- talking to the judge ---------------------------------------------------------------------------
 
 
-def _request(ctx: StageContext, fmt: str, c: Comparison, first: Candidate, second: Candidate, principle: Principle,
+def request(ctx: StageContext, fmt: str, c: Comparison, first: Candidate, second: Candidate, principle: Principle,
              cfg: JudgeConfig, reasoning: str | None, sampling: Sampling, answer: bool) -> Request:
     """The judge's question; `answer`: the reply must start with the verdict (chat: opened with chat/judge_reply.j2)."""
     text = ctx.templates.render(TEMPLATES[fmt], messages=list(c.messages), principle=principle, response_a=first.text,
@@ -173,16 +173,16 @@ def _score(ctx, generator, fmt, jobs, cfg: JudgeConfig, method: str) -> list[Sco
     reasoning = [None] * len(jobs)
     if cfg.chain_of_thought:  # let the judge reason first, greedily
         s = Sampling(temperature=0.0, max_tokens=cfg.cot_max_tokens, stop=stop)
-        outs = generator.generate([_request(ctx, fmt, c, f, g, p, cfg, None, s, False) for c, f, g, p in jobs])
+        outs = generator.generate([request(ctx, fmt, c, f, g, p, cfg, None, s, False) for c, f, g, p in jobs])
         reasoning = [o.outputs[0].text.strip() for o in outs]
     s = Sampling(temperature=0.0, max_tokens=cfg.max_tokens, stop=stop)
     bounds = tuple(cfg.cot_clamp) if cfg.chain_of_thought and cfg.cot_clamp else None
     if method == "logprobs":
-        requests = [_request(ctx, fmt, c, f, g, p, cfg, r, s, True) for (c, f, g, p), r in zip(jobs, reasoning)]
+        requests = [request(ctx, fmt, c, f, g, p, cfg, r, s, True) for (c, f, g, p), r in zip(jobs, reasoning)]
         read = [read_options(lp, cfg.min_option_mass) for lp in generator.logprobs(requests, list(OPTIONS))]
         return [(clamp(p, bounds), mass, r or "") for (p, mass), r in zip(read, reasoning)]
     # a verdict in the judge's own words: no reply prefix, so a chat judge may say it however it likes
-    requests = [_request(ctx, fmt, c, f, g, p, cfg, r, s, False) for (c, f, g, p), r in zip(jobs, reasoning)]
+    requests = [request(ctx, fmt, c, f, g, p, cfg, r, s, False) for (c, f, g, p), r in zip(jobs, reasoning)]
     texts = [o.outputs[0].text for o in generator.generate(requests)]
     return [(clamp(parse_verdict(t), bounds), None, ((r + "\n") if r else "") + t) for t, r in zip(texts, reasoning)]
 

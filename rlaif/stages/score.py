@@ -36,19 +36,20 @@ def expected_rating(logprobs: dict[str, float], min_mass: float = 0.0) -> tuple[
     return mean, probs, total
 
 
+def request(templates, fmt: str, messages: list, response: str, principle: Principle, sampling: Sampling) -> Request:
+    """The rating question; a chat judge's reply is opened with chat/score_reply.j2, the number read right after it."""
+    text = templates.render(TEMPLATES[fmt], messages=list(messages), response=response, principle=principle)
+    if fmt == "chat":
+        return Request(messages=({"role": "user", "content": text},), sampling=sampling, prefix=templates.render(REPLY))
+    return Request(prompt=text, sampling=sampling)
+
+
 def rate(templates, generator, fmt: str, items: list[tuple[list, str, Principle]],
          min_mass: float = 0.0) -> list[tuple[float | None, dict, float]]:
     """(rating, distribution, digit mass) for each (messages, response, principle) item; one batched call."""
     s = Sampling(temperature=0.0, max_tokens=1)
-    prefix = templates.render(REPLY) if fmt == "chat" else ""
-
-    def request(messages, response, principle):
-        text = templates.render(TEMPLATES[fmt], messages=list(messages), response=response, principle=principle)
-        if fmt == "chat":
-            return Request(messages=({"role": "user", "content": text},), sampling=s, prefix=prefix)
-        return Request(prompt=text, sampling=s)
-
-    return [expected_rating(lp, min_mass) for lp in generator.logprobs([request(*item) for item in items], RATINGS)]
+    requests = [request(templates, fmt, *item, s) for item in items]
+    return [expected_rating(lp, min_mass) for lp in generator.logprobs(requests, RATINGS)]
 
 
 def score(ctx: StageContext, generator, targets: list[dict], cfg: ScoreConfig, format_setting: str = "auto") -> list[dict]:
