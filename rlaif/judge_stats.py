@@ -63,7 +63,7 @@ def summarise(records: list[dict], lengths: dict[str, int]) -> dict:
         # few distinct values mean quantised logits (bf16: log-odds in steps of 1/8 nat)
         "distinct_labels": len(set(labels)),
         "methods": sorted({r["method"] for r in records}),
-        "logit_dtype": sorted({str(r.get("logit_dtype")) for r in records if r["method"] == "logprobs"}),
+        "logit_dtype": sorted({r.get("logit_dtype") or "unknown" for r in records if r["method"] == "logprobs"}),
     }
 
 
