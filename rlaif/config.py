@@ -90,7 +90,8 @@ class JudgeConfig:
     chain_of_thought: bool = False  # let the judge reason first, then read the option probabilities
     cot_clamp: tuple[float, ...] | None = (0.4, 0.6)  # CoT probabilities sit near 0 or 1; None: no clamp
     cot_max_tokens: PositiveInt = 160
-    max_tokens: PositiveInt = 8  # parse method: length of the generated verdict
+    max_tokens: PositiveInt = 64  # parse method: length of the generated verdict (chat models write a sentence first)
+    min_option_mass: Fraction = 0.5  # P(A) + P(B) below this (the judge means to say something else): no label for that order
     min_margin: Fraction = 0.0  # pairs: drop pairs with |2 * label - 1| below this
     drop_inconsistent: bool = False  # pairs: drop pairs whose two orders disagree on the winner
     drop_ties: bool = True  # pairs: drop pairs whose label is exactly 0.5 (or missing)
@@ -110,6 +111,7 @@ class ScoreConfig:
     principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all
     best_vs_worst: bool = True  # add a best-vs-worst-of-n preference pair per prompt
     min_gap: Annotated[float, Range(0, 9)] = 0.0  # smallest score difference for a best-vs-worst pair
+    min_digit_mass: Fraction = 0.5  # P("1") + ... + P("10") below this (the judge is not giving a number): unrated
 
     def __post_init__(self):
         check_ranges(self)

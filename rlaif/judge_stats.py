@@ -1,7 +1,8 @@
-"""Judge diagnostics: position consistency, position bias, length bias, label spread, parse failures."""
+"""Judge diagnostics: position consistency, position bias, length bias, label spread, option mass, parse failures."""
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 
 
@@ -9,11 +10,29 @@ def _rate(hits: list[bool]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
+def _orders(r: dict) -> list[tuple[float | None, float | None]]:
+    """(p, option mass) of each order a record asked for; mass None for parsed verdicts (and old records)."""
+    first = (r["p_first"], r.get("option_mass_first"))
+    return [first, (r["p_swapped"], r.get("option_mass_swapped"))] if r["orders"] == 2 else [first]
+
+
+def mass_summary(masses: list[float]) -> dict | None:
+    """Quantiles of the option (or digit) mass: how much of the judge's next token went to the answers."""
+    if not masses:
+        return None
+    q = statistics.quantiles(masses, n=10, method="inclusive") if len(masses) > 1 else [masses[0]] * 9
+    return {"n": len(masses), "min": round(min(masses), 4), "p10": round(q[0], 4), "median": round(statistics.median(masses), 4),
+            "mean": round(statistics.fmean(masses), 4), "max": round(max(masses), 4)}
+
+
 def summarise(records: list[dict], lengths: dict[str, int]) -> dict:
     """Statistics over judge records (one per comparison and principle); `lengths` maps candidate key -> chars."""
-    all_orders = [p for r in records for p in ((r["p_first"], r["p_swapped"]) if r["orders"] == 2 else (r["p_first"],))]
+    orders = [o for r in records for o in _orders(r)]
+    all_orders = [p for p, _ in orders]
     both = [r for r in records if r["orders"] == 2]
     failures = sum(p is None for p in all_orders)
+    low_mass = sum(p is None and m is not None for p, m in orders)  # read, but the options got too little mass
+    masses = [m for _, m in orders if m is not None]
     valid = [p for p in all_orders if p is not None]
     longer = []
     for r in records:
@@ -31,12 +50,20 @@ def summarise(records: list[dict], lengths: dict[str, int]) -> dict:
         "orders_scored": len(all_orders),
         "parse_failures": failures,
         "parse_failure_rate": round(failures / len(all_orders), 4) if all_orders else None,
+        "parse_failure_reasons": {"low_option_mass": low_mass, "no_verdict": failures - low_mass},
+        "option_mass": mass_summary(masses),
         "position_consistency": _rate([r["agree"] for r in both if r["agree"] is not None]),
+        "tied_orders": sum(p == 0.5 for p in all_orders),  # an exact 0.5 picks no winner: never counted as agreement
+        "single_order": sum(r.get("orders_scored") == 1 for r in both),  # both asked, one scored: its label keeps position bias
         "first_position_win_rate": _rate([p > 0.5 for p in valid]),  # before debiasing: how often option A wins
         "mean_p_first_position": round(sum(valid) / len(valid), 4) if valid else None,
         "longer_chosen_rate": _rate(longer),
         "label_mean": round(sum(labels) / len(labels), 4) if labels else None,
         "label_histogram": {f"{i / 10:.1f}-{(i + 1) / 10:.1f}": n for i, n in enumerate(hist)},
+        # few distinct values mean quantised logits (bf16: log-odds in steps of 1/8 nat)
+        "distinct_labels": len(set(labels)),
+        "methods": sorted({r["method"] for r in records}),
+        "logit_dtype": sorted({r.get("logit_dtype") or "unknown" for r in records if r["method"] == "logprobs"}),
     }
 
 
@@ -57,9 +84,11 @@ def print_judge_stats(console, stats: dict) -> None:
     columns = {"judgements": "n", "position_consistency": "orders agree", "first_position_win_rate": "A wins",
                "longer_chosen_rate": "longer wins", "label_mean": "mean p", "parse_failure_rate": "unparsed"}
     table.add_column("principle", overflow="fold")
-    for header in columns.values():
+    for header in [*columns.values(), "option mass"]:
         table.add_column(header, justify="right", no_wrap=True)
     rows = [("overall", stats["overall"])] + list(stats["per_principle"].items())
     for name, s in rows:
-        table.add_row(name, *("-" if s[c] is None else f"{s[c]:.3f}" if isinstance(s[c], float) else str(s[c]) for c in columns))
+        mass = s.get("option_mass")  # the median share of the judge's next token that went to A or B
+        cells = ["-" if s[c] is None else f"{s[c]:.3f}" if isinstance(s[c], float) else str(s[c]) for c in columns]
+        table.add_row(name, *cells, "-" if not mass else f"{mass['median']:.3f}")
     console.print(table)

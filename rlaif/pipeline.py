@@ -32,7 +32,7 @@ from .templates import Templates
 ALL_TEMPLATES = (
     "completion/respond.j2", "completion/critique.j2", "completion/revise.j2",
     "chat/critique_request.j2", "chat/revision_request.j2", "completion/judge.j2", "chat/judge.j2",
-    "completion/score.j2", "chat/score.j2",
+    "completion/score.j2", "chat/score.j2", "chat/judge_reply.j2", "chat/score_reply.j2",
 )
 
 
@@ -239,10 +239,11 @@ def run_score(ctx, judge_model, p: Plan, responses: list[dict], sft: list[dict],
                      "prompt_id": row["prompt_id"], "messages": row["prompt"]} for row in sft if row["source"] == "revision"]
     records = score(ctx, judge_model, targets, cfg, p.pipeline.judge.prompt_format)
     atomic.write_jsonl(p.run_dir / "scores.jsonl",
-                       ({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "model")} for r in records))
+                       ({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "digit_mass", "model")} for r in records))
     rows = scored_rows(best_vs_worst(targets, records, cfg.min_gap), meta) if cfg.best_vs_worst else []
     rated = [r["score"] for r in records if r["score"] is not None]
-    return rows, {"items": len(targets), "ratings": len(records), "unrated": len(records) - len(rated),
+    low = sum(r["score"] is None and r["digit_mass"] > 0 for r in records)  # read, but the ratings got too little mass
+    return rows, {"items": len(targets), "ratings": len(records), "unrated": len(records) - len(rated), "low_digit_mass": low,
                   "mean_score": round(sum(rated) / len(rated), 3) if rated else None, "pairs": len(rows)}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from .constitution import Constitution
 from .stages.common import prompt_format
 from .stages.judge import draw_principles
@@ -24,31 +26,48 @@ def _text(completion) -> str:
 
 
 class JudgeScoreReward:
-    """`reward(prompts, completions) -> list[float]`: the judge's 1-10 rating, averaged over k principles.
+    """`reward(prompts, completions) -> list[float]`: the judge's rating, averaged over k principles.
 
-    Works on batches (two log-probability calls per batch) and on TRL's plain-text or conversational
-    rows. An answer the judge cannot rate gets `unrated` (default 1.0, the worst rating).
+    Works on batches (one log-probability call per batch) and on TRL's plain-text or conversational rows (a
+    prompt may be a list of messages). The k principles are drawn per prompt and per training step, so every
+    completion of a GRPO/RLOO group is rated on the same rubric and the group-relative advantage does not
+    reflect which principle each one drew; the step comes from TRL's `trainer_state`, else from a `step=`
+    argument, else it is the number of calls so far. The reward is d-RLAIF's: the 1-10 rating mapped linearly
+    onto [-1, 1] ((rating - 5.5) / 4.5), so the KL coefficient means the same whatever the rating scale;
+    `raw=True` keeps the 1-10 rating. An answer the judge cannot rate (digit mass below `min_digit_mass`) gets
+    `unrated` (default: the worst reward).
     """
 
     def __init__(self, generator, constitution: Constitution, templates: Templates | None = None, principles_per_item: int = 1,
-                 seed: int = 0, prompt_format_setting: str = "auto", unrated: float = 1.0):
+                 seed: int = 0, prompt_format_setting: str = "auto", unrated: float | None = None, raw: bool = False,
+                 min_digit_mass: float = 0.5):
         self.generator, self.constitution = generator, constitution
         self.templates = templates or Templates()
-        self.k, self.seed, self.unrated = principles_per_item, seed, unrated
+        self.k, self.seed, self.raw, self.min_mass = principles_per_item, seed, raw, min_digit_mass
+        self.unrated = unrated if unrated is not None else (1.0 if raw else -1.0)
         self.fmt = prompt_format(prompt_format_setting, generator)
+        self.calls = 0
         self.__name__ = f"judge_score_{constitution.name}"  # TRL logs reward functions by name
 
+    def scale(self, rating: float) -> float:
+        """The reward for a 1-10 rating: in [-1, 1], or the rating itself with `raw`."""
+        return rating if self.raw else (rating - 5.5) / 4.5
+
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        state = kwargs.get("trainer_state")
+        step = state.global_step if state is not None else kwargs.get("step", self.calls)
+        self.calls += 1
         items, owners = [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            text = _text(completion)
-            for p in draw_principles(self.constitution, self.seed, f"{i}:{text}", self.k):
-                items.append((_messages(prompt), text, p))
+            messages = _messages(prompt)
+            key = f"{step}:{json.dumps(messages, sort_keys=True, default=str)}"  # the prompt, not the completion
+            for p in draw_principles(self.constitution, self.seed, key, self.k):
+                items.append((messages, _text(completion), p))
                 owners.append(i)
         totals, counts = [0.0] * len(prompts), [0] * len(prompts)
-        for owner, (score, _) in zip(owners, rate(self.templates, self.generator, self.fmt, items)):
+        for owner, (score, _, _) in zip(owners, rate(self.templates, self.generator, self.fmt, items, self.min_mass)):
             if score is not None:
-                totals[owner] += score
+                totals[owner] += self.scale(score)
                 counts[owner] += 1
         return [t / c if c else self.unrated for t, c in zip(totals, counts)]
 

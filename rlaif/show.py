@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from .backends.base import Sampling
+from .config import JudgeConfig
 from .constitution import Constitution, Principle
 from .progress import Reporter
 from .stages.common import StageContext
 from .stages.critique import critique_request, revision_request
+from .stages.judge import Candidate, Comparison
+from .stages.judge import request as judge_request
+from .stages.score import request as score_request
 from .stages.respond import build_request
 from .inputs import Prompt
 from .templates import Templates
@@ -14,8 +18,9 @@ from .templates import Templates
 
 def _show(request) -> str:
     if request.prompt is not None:
-        return request.prompt
-    return "\n".join(f"[{m['role']}] {m['content']}" for m in request.messages)
+        return request.prompt + request.prefix
+    turns = [f"[{m['role']}] {m['content']}" for m in request.messages]
+    return "\n".join(turns + ([f"[assistant, continued] {request.prefix}"] if request.prefix else []))
 
 
 def render_prompts(c: Constitution, principles: list[Principle], fmt: str, templates_dir, prompt: str, response: str) -> str:
@@ -30,9 +35,10 @@ def render_prompts(c: Constitution, principles: list[Principle], fmt: str, templ
         out += [rule, f"principle {p.name}: revision ({fmt})", rule,
                 _show(revision_request(ctx, fmt, list(messages), response, "<critique>", p, s))]
         if p.comparison:
-            judge = Templates(templates_dir).render(f"{fmt}/judge.j2", messages=list(messages), principle=p, response_a="<response A>",
-                                                    response_b="<response B>", chain_of_thought=False, reasoning=None)
-            score = Templates(templates_dir).render(f"{fmt}/score.j2", messages=list(messages), principle=p, response=response)
-            out += [rule, f"principle {p.name}: pairwise judge ({fmt}; P(A) and P(B) are read after the last character)", rule, judge]
-            out += [rule, f"principle {p.name}: pointwise score ({fmt}; digits 1-10 are read next)", rule, score]
+            comparison = Comparison("-", messages, Candidate("a", "<response A>"), Candidate("b", "<response B>"), "samples")
+            judge = judge_request(ctx, fmt, comparison, comparison.a, comparison.b, p, JudgeConfig(), None, s, True)
+            score = score_request(ctx.templates, fmt, list(messages), response, p, s)
+            out += [rule, f"principle {p.name}: pairwise judge ({fmt}; P(A) and P(B) are read after the last character)", rule,
+                    _show(judge)]
+            out += [rule, f"principle {p.name}: pointwise score ({fmt}; ratings 1-10 are read next)", rule, _show(score)]
     return "\n".join(out)

@@ -90,3 +90,20 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def stage_context(directory: Path, batch_size: int = 4, seed: int = 0):
+    """A StageContext over a fresh store in `directory`, the harmless constitution and the shipped templates."""
+    import io
+
+    from rich.console import Console
+
+    from rlaif.constitution import load_constitution
+    from rlaif.progress import Reporter
+    from rlaif.stages.common import StageContext
+    from rlaif.store import Store
+    from rlaif.templates import Templates
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return StageContext(Store(directory / "records.sqlite"), load_constitution(ROOT / "constitutions" / "harmless.yaml"),
+                        Templates(), Reporter(Console(file=io.StringIO())), seed=seed, batch_size=batch_size)

@@ -60,5 +60,7 @@ def test_show_chat_and_unknown_principle():
     path = str(ROOT / "constitutions" / "helpful.yaml")
     result = CliRunner().invoke(main, ["constitution", "show", path, "--format", "chat"])
     assert result.exit_code == 0 and "[user] <prompt>" in result.output
+    # the chat judge's and rater's replies are opened for them: what is read follows these
+    assert "[assistant, continued] The answer is: (" in result.output and "[assistant, continued] Rating (1 to 10): " in result.output
     result = CliRunner().invoke(main, ["constitution", "show", path, "--principle", "nope"])
     assert result.exit_code == 2 and "no principle named 'nope'" in result.stderr

@@ -12,7 +12,7 @@ from rlaif import models
 from rlaif.backends.base import Completion, LogprobsUnavailable, Output
 from rlaif.cli import main
 from rlaif.constitution import load_constitution
-from rlaif.stages.judge import clamp, combine, draw_principles, normalise, parse_verdict
+from rlaif.stages.judge import clamp, combine, draw_principles, normalise, parse_verdict, read_options
 
 from .conftest import write_pipeline
 
@@ -36,8 +36,15 @@ def test_normalise(logprobs, expected):
     "text, expected",
     [
         ("A", 1.0), (" (B)", 0.0), ("B) because it is kinder", 0.0), ("The answer is: (A)", 1.0),
-        ("Option A is rude, so the answer is (B).", 0.0), ("the answer is b", 0.0),
-        ("", None), ("I cannot decide.", None), ("Both are fine", None), (None, None),
+        ("Option A is rude, so the answer is (B).", 0.0), ("Answer: B", 0.0), ("Option B", 0.0), ("I pick (B)", 0.0),
+        ("The answer is: (A)\n\nExplanation: ...", 1.0), ("**B**", 0.0), ("**Answer: A**", 1.0), ("A.", 1.0),
+        ("B is better.", 0.0), ("Response B is better.\nA:", 0.0),  # "A:" opens a turn, it is no verdict
+        ("A response like B is better", 0.0),  # the article "A" is no verdict
+        ("A response that refuses is safer.", None), ("Answer: A. On reflection, the answer is (B).", 0.0),  # the last one
+        ("the answer is b", None), ("option a", None),  # letters are case-sensitive
+        ("", None), ("I cannot decide.", None), ("Both are fine", None), ("Neither A nor B", None), (None, None),
+        ("<think>\nLet me compare", None), ("Answer:", None), ("(C)", None), ("AB", None), ("Bob is better", None),
+        ("A's answer is longer", None), ("\x00\ufffd((((", None),
     ],
 )
 def test_parse_verdict(text, expected):
@@ -46,11 +53,31 @@ def test_parse_verdict(text, expected):
 
 def test_combine_both_orders():
     # order 1: P(a) = 0.8; order 2 (b shown first): P(b) = 0.4, so P(a) = 0.6; label = 0.7, both say a
-    assert combine(0.8, 0.4) == (pytest.approx(0.7), True)
+    assert combine(0.8, 0.4) == (pytest.approx(0.7), True, 2)
     # a judge that always prefers the first option: 0.9 and 0.9 -> the orders disagree and the label is 0.5
-    assert combine(0.9, 0.9) == (pytest.approx(0.5), False)
-    assert combine(0.8, None) == (0.8, None) and combine(None, 0.3) == (pytest.approx(0.7), None)
-    assert combine(None, None) == (None, None)
+    assert combine(0.9, 0.9) == (pytest.approx(0.5), False, 2)
+    # one order missing: that order's label, agreement unknown, and the count says only one order was scored
+    assert combine(0.8, None) == (0.8, None, 1) and combine(None, 0.3) == (pytest.approx(0.7), None, 1)
+    assert combine(None, None) == (None, None, 0)
+
+
+@pytest.mark.parametrize("p_first, p_swapped", [(0.5, 0.5), (0.5, 0.2), (0.7, 0.5), (0.5, 0.9)])
+def test_an_exact_half_is_a_tie_never_agreement(p_first, p_swapped):
+    """Old code: 0.5 counted as "b wins", so (0.5, 0.5) and (0.5, 0.9) were "agreement"."""
+    assert combine(p_first, p_swapped)[1] is None
+
+
+@pytest.mark.parametrize(
+    "logprobs, min_mass, expected",
+    [
+        ({"A": math.log(0.6), "B": math.log(0.3)}, 0.5, (pytest.approx(2 / 3), pytest.approx(0.9))),
+        ({"A": math.log(0.03), "B": math.log(0.01)}, 0.5, (None, pytest.approx(0.04))),  # the judge says something else
+        ({"A": math.log(0.03), "B": math.log(0.01)}, 0.0, (pytest.approx(0.75), pytest.approx(0.04))),
+        ({"A": -math.inf, "B": -math.inf}, 0.0, (None, 0.0)),  # nothing readable (a prompt too long)
+    ],
+)
+def test_read_options_checks_the_mass(logprobs, min_mass, expected):
+    assert read_options(logprobs, min_mass) == expected
 
 
 def test_clamp():
@@ -184,3 +211,57 @@ def test_garbage_judge_gives_none_labels_not_a_crash(workdir, monkeypatch):
     assert stats["parse_failure_rate"] == 1.0 and stats["label_mean"] is None
     info = json.loads((workdir / "outputs" / "test" / "run.json").read_text())
     assert info["counts"]["pref_rows"] == 0 and info["counts"]["judge"]["dropped"]["no_label"] == info["counts"]["judge"]["comparisons"]
+
+
+class Rambler(BiasedJudge):
+    """A chat-style judge that starts its reply with "**" or "<think>": little of its next token is A or B, except
+    when (A) is the longer answer (so one order of each comparison reads, the other does not)."""
+
+    def logprobs(self, requests, options):
+        out = []
+        for r in requests:
+            a, b = self._options(r.prompt)
+            mass = 0.9 if len(a) > len(b) else 0.05
+            out.append({"A": math.log(mass * 0.7), "B": math.log(mass * 0.3)})
+        return out
+
+
+def test_low_option_mass_is_a_parse_failure_not_a_label(tmp_path):
+    from rlaif.config import JudgeConfig
+    from rlaif.judge_stats import judge_stats
+    from rlaif.stages.judge import Candidate, Comparison, judge
+
+    from .conftest import stage_context
+
+    comparisons = [Comparison(f"p{i}", ({"role": "user", "content": "q"},), Candidate(f"a{i}", "long answer" + "!" * i),
+                              Candidate(f"b{i}", "short"), "samples") for i in range(3)]
+    records = judge(stage_context(tmp_path), Rambler(), comparisons, JudgeConfig())
+    for r in records:  # (a, b): a is longer, mass 0.9, read; (b, a): mass 0.05, no label for that order
+        assert r["p_first"] == pytest.approx(0.7) and r["option_mass_first"] == pytest.approx(0.9)
+        assert r["p_swapped"] is None and r["option_mass_swapped"] == pytest.approx(0.05)
+        assert r["label"] == pytest.approx(0.7) and r["orders_scored"] == 1 and r["agree"] is None
+    stats = judge_stats(records, {})["overall"]
+    assert stats["parse_failures"] == 3 and stats["parse_failure_reasons"] == {"low_option_mass": 3, "no_verdict": 0}
+    assert stats["single_order"] == 3 and stats["option_mass"]["min"] == pytest.approx(0.05)
+    assert stats["position_consistency"] is None  # nothing to agree on
+    strict = judge(stage_context(tmp_path / "x"), Rambler(), comparisons, JudgeConfig(min_option_mass=0.95))
+    assert all(r["label"] is None and r["orders_scored"] == 0 for r in strict)
+
+
+def test_the_key_names_the_method_actually_used(tmp_path):
+    """`auto` on a backend without log-probabilities is `parse`: the records `method: parse` made are the same
+    records (old code keyed them `auto`, so they were judged again), and each record says which method it used."""
+    from rlaif.config import JudgeConfig
+    from rlaif.stages.judge import Candidate, Comparison, judge
+
+    from .conftest import stage_context
+
+    ctx = stage_context(tmp_path)
+    comparisons = [Comparison("p", ({"role": "user", "content": "q"},), Candidate("a", "a longer one"), Candidate("b", "b"), "samples")]
+    first = judge(ctx, BiasedJudge(logprobs_ok=False), comparisons, JudgeConfig(method="parse"))
+    again = BiasedJudge(logprobs_ok=False)
+    second = judge(ctx, again, comparisons, JudgeConfig(method="auto"))
+    assert again.calls["generate"] == 0 and [r["key"] for r in second] == [r["key"] for r in first]
+    assert second[0]["method"] == "parse" and second[0]["label"] == 1.0
+    with_logprobs = judge(ctx, BiasedJudge(), comparisons, JudgeConfig(method="logprobs"))
+    assert with_logprobs[0]["key"] != first[0]["key"] and with_logprobs[0]["method"] == "logprobs"

@@ -73,7 +73,8 @@ def test_grpo_with_the_ai_judge_as_reward(tmp_path, tiny_chat_model, prompts_ds)
     result = CliRunner().invoke(main, ["train", "grpo", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "grpo" / "rlaif_train.json").read_text())["metrics"]["history"]
-    assert history and all(1.0 <= h["reward"] <= 10.0 for h in history)  # judge ratings live on the 1-10 scale
+    # d-RLAIF: the 1-10 rating mapped to [-1, 1]; a random tiny judge gives no number (digit mass ~0.03): unrated, -1
+    assert history and all(-1.0 <= h["reward"] <= 1.0 for h in history)
 
 
 @pytest.mark.parametrize("reward_yaml, pattern", [

@@ -44,6 +44,8 @@ def test_export_formats_and_card(run_dir, tmp_path, fmt, files):
     assert info["constitution"]["sha256"] in card and f"| `prefs` | {n} |" in card
     assert "DPOTrainer" in card and "load_dataset" in card and "biased-judge" in card and "both_orders=True" in card
     assert f"| samples | {n} |" in card
+    judged = info["counts"]["judge"]["overall"]  # how the labels were read, and how many orders had too little mass
+    assert f"of {judged['orders_scored']} scored orders,\n0 had P(A) + P(B) below `min_option_mass`" in card
 
 
 def test_for_annotation(run_dir, tmp_path):

@@ -20,11 +20,16 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt to complete: `messages` for chat models, or a raw `prompt` for base models."""
+    """One prompt to complete: `messages` for chat models, or a raw `prompt` for base models.
+
+    `prefix`: text the reply starts with. Generation and log-probabilities continue after it: for a chat request
+    the assistant's turn is opened and the prefix written into it (a judge's "The answer is: (").
+    """
 
     sampling: Sampling = field(default_factory=Sampling)
     prompt: str | None = None
     messages: tuple[dict, ...] | None = None
+    prefix: str = ""
 
     def __post_init__(self):
         if (self.prompt is None) == (self.messages is None):
@@ -57,13 +62,20 @@ class Generator(Protocol):
 
     model_id: str  # what the model is, for record keys and provenance
     has_chat_template: bool
+    logit_dtype: str | None  # precision the option log-probabilities are read at ("float32", "bfloat16"); None: unknown
 
     def generate(self, requests: list[Request], progress: ProgressFn | None = None) -> list[Completion]:
         """Complete every request; results are in request order."""
         ...
 
     def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
-        """Log-probability of each option's first token as the next token after each prompt."""
+        """Per request, log P(the option is what comes next | prompt and prefix) for each option.
+
+        Options are tokenized in context; the spellings of an option (with and without a leading space) are
+        summed; a multi-token option ("10") is the product of its tokens' probabilities. Where one option's
+        tokens begin another's ("1" and "10"), the shorter one excludes the longer. -inf where nothing could be
+        read (a prompt longer than the context). Sampling settings are ignored. backends/options.py.
+        """
         ...
 
     def close(self) -> None:

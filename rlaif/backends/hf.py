@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .base import Completion, Output, ProgressFn, Request, truncate_at_stop
+from .options import option_logprobs, prompt_text, reads, spellings
 
 _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -39,12 +40,11 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype]).to(device).eval()
         self.has_chat_template = bool(self.tokenizer.chat_template)
+        self.logit_dtype = "float32"  # options are read through an fp32 head whatever the model's dtype (next_logprobs)
         self._eos_ids = eos_ids(self.model, self.tokenizer)  # generate stops at any of them
 
     def _text(self, request: Request) -> str:
-        if request.messages is None:
-            return request.prompt
-        return self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
+        return prompt_text(self.tokenizer, request)
 
     def _encode(self, texts: list[str]) -> dict:
         return encode(self.tokenizer, texts, self.device)
@@ -110,17 +110,60 @@ class HFGenerator:
 
     @torch.inference_mode()
     def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
-        """Log-probabilities of each option's first token at the next position."""
-        option_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in options]
-        result = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            batch = self._encode([self._text(r) for r in chunk])
-            logits = self.model(**batch).logits[:, -1, :].float()  # (batch, vocab); left padding
-            logp = torch.log_softmax(logits, dim=-1)
-            result += [{o: logp[b, t].item() for o, t in zip(options, option_ids)} for b in range(len(chunk))]
-        return result
+        """log P(option comes next) per request, options read in context (backends/options.py), at fp32."""
+        plans = [spellings(self.tokenizer, self._text(r), options) for r in requests]
+        wanted: dict[tuple, set[int]] = {}
+        for plan in plans:
+            for context, tokens in reads(plan).items():
+                wanted.setdefault(context, set()).update(tokens)
+        contexts = sorted(wanted, key=len)  # similar lengths together: less padding
+        table: dict[tuple, float] = {}
+        for start in range(0, len(contexts), self.batch_size):
+            chunk = contexts[start : start + self.batch_size]
+            for context, row in zip(chunk, next_logprobs(self.model, chunk, [sorted(wanted[c]) for c in chunk],
+                                                           self.tokenizer.pad_token_id)):
+                table.update({(context, t): v for t, v in row.items()})
+        return [option_logprobs(plan, options, lambda c, t: table[(c, t)]) for plan in plans]
 
     def close(self) -> None:
         """Drop the model so its memory can be freed."""
         self.model = None
+
+
+@torch.inference_mode()
+def next_logprobs(model, contexts: list[tuple[int, ...]], wanted: list[list[int]], pad_id: int) -> list[dict[int, float]]:
+    """log P(token | context) for the wanted tokens after each context, the wanted logits computed in fp32.
+
+    A bf16 model's lm_head rounds logits to bf16 (steps of 1/8 at magnitude 16-32), which would quantise the
+    judge's log-odds; so the head's input is caught and the wanted rows are recomputed in fp32 (a few rows: no
+    cost). The log-partition comes from the model's own logits with those entries replaced. If the recomputed
+    values do not match the model's (a head that scales or caps logits in a way not reproduced here), the
+    model's own logits are used.
+    """
+    device = next(model.parameters()).device
+    width = max(len(c) for c in contexts)
+    ids = torch.tensor([[pad_id] * (width - len(c)) + list(c) for c in contexts], device=device)  # left padding
+    mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    head, caught = model.get_output_embeddings(), {}
+    hook = head.register_forward_hook(lambda module, args, out: caught.__setitem__("h", args[0]))
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1, :].float()
+    finally:
+        hook.remove()
+    hidden = caught["h"][:, -1, :].float()  # (batch, hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    rows = []
+    for b, tokens in enumerate(wanted):
+        index = torch.tensor(tokens, device=device)
+        exact = hidden[b] @ head.weight[index].float().T  # (len(tokens),)
+        if getattr(head, "bias", None) is not None:
+            exact = exact + head.bias[index].float()
+        if cap:
+            exact = torch.tanh(exact / cap) * cap
+        row = logits[b].clone()
+        if torch.allclose(exact, row[index], rtol=2**-6, atol=2**-6 * (1 + float(row[index].abs().max()))):
+            row[index] = exact
+        row = row - torch.logsumexp(row, dim=-1)
+        rows.append({t: float(row[t]) for t in tokens})
+    return rows

@@ -16,13 +16,27 @@ endpoint. The first URL names the model in record keys, so adding replicas keeps
 
 The API key lives only inside the clients; every error message and log line is scrubbed of it (rlaif.redact) in
 case a server echoes it.
+
+A request's `prefix` (the reply starts with it): on /completions it is appended to the prompt. On
+/chat/completions it becomes a final assistant message with vLLM's `continue_final_message: true,
+add_generation_prompt: false` (extra body fields; vLLM and SGLang accept them). A server that refuses those
+fields is asked again without the prefix, and from then on every chat request goes without it: the reply's
+first token is then what is read, and the caller's option-mass check tells when that is not an option.
+
+Log-probabilities come from the server's top-20 at the first position: the tokens whose text, stripped of
+spaces, is the option are summed; a longer option ("10" where the tokenizer splits digits) is chained through
+a token that begins it, with one more request whose prefix ends in that token. An option absent from the
+top-20 gets the smallest returned log-probability, an upper bound on its true value, never -inf: so a label is
+never exactly 0 or 1 because of the truncation.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import replace
 
 import openai
 
@@ -30,6 +44,9 @@ from ..errors import UserError
 from ..redact import redact, register
 from .base import Completion, LogprobsUnavailable, Output, ProgressFn, Request
 from .endpoints import Cancelled, Endpoint, EndpointPool
+from .options import NEG_INF, log_minus, logsumexp
+
+log = logging.getLogger("rlaif")
 
 RETRY_STATUS = (408, 409, 429)  # and every 5xx: what the openai client itself would retry
 MAX_DELAY = 30.0  # longest single wait between attempts, Retry-After included
@@ -56,11 +73,16 @@ class _TooLong(Exception):
     """The server refused the prompt as longer than the model's context."""
 
 
+class _NoContinue(Exception):
+    """The server refused continue_final_message / add_generation_prompt (not a vLLM-style server)."""
+
+
 class OpenAIGenerator:
     """Requests to an OpenAI-compatible server (or a pool of them), at most `max_concurrency` in flight per server,
     each request retried on its own."""
 
     has_chat_template = True  # chat requests go to /chat/completions, where the server applies its own template
+    logit_dtype = None  # whatever the server computes in: unknown here
 
     def __init__(self, model: str, base_url: str | list[str] | tuple[str, ...], api_key: str | None = None,
                  max_concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5,
@@ -70,6 +92,7 @@ class OpenAIGenerator:
         self.model_id = f"{model} @ {self.base_url}"  # the first URL only: replicas added later keep the record keys
         self.max_concurrency, self.max_retries, self.backoff, self.timeout = max_concurrency, max_retries, backoff, timeout
         self.pool = EndpointPool([Endpoint(u, _client(u, api_key, timeout)) for u in urls], max_concurrency, cooldown)
+        self.continues = True  # the server continues a final assistant message (vLLM's continue_final_message)
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator({self.model_id!r})"
@@ -96,13 +119,29 @@ class OpenAIGenerator:
         return self._map(one, requests, report)
 
     def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
-        """Log-probability of each option as the next token, from the server's top-20 (-inf when not among them)."""
+        """log P(option comes next) per request from the server's top-20 (module docstring: spellings summed, "10"
+        chained, absent options bounded); a prompt the server refuses as too long gets -inf for every option."""
 
-        def one(request: Request, stop: threading.Event) -> dict[str, float]:
+        def top(request: Request, stop: threading.Event) -> list[tuple[str, float]]:
             body = {"max_tokens": 1, "temperature": 0.0}
             body.update({"logprobs": True, "top_logprobs": TOP_LOGPROBS} if request.messages else {"logprobs": TOP_LOGPROBS})
-            top = self._call(request, body, lambda reply: _top_logprobs(reply, request.messages is not None), stop)
-            return _option_logprobs(top, options)
+            return self._call(request, body, lambda reply: _top_logprobs(reply, request.messages is not None), stop)
+
+        def one(request: Request, stop: threading.Event) -> dict[str, float]:
+            try:
+                first = top(request, stop)
+            except _TooLong:  # as the vllm backend does: one long prompt must not sink the batch
+                return {o: NEG_INF for o in options}
+
+            def after(token: str) -> list[tuple[str, float]] | None:
+                if request.messages is not None and not self.continues:
+                    return None  # the reply cannot be continued mid-way on this server
+                try:
+                    return top(replace(request, prefix=request.prefix + token), stop)
+                except _TooLong:
+                    return None
+
+            return _option_logprobs(first, options, after)
 
         return self._map(one, requests, lambda result: None)
 
@@ -142,10 +181,27 @@ class OpenAIGenerator:
         return results
 
     def _call(self, request: Request, body: dict, parse, stop: threading.Event):
-        """Send one request, retrying transient faults; `parse` turns the reply into a result or raises _Malformed."""
+        """Send one request (its prefix as the server allows), retrying transient faults; `parse` turns the reply
+        into a result or raises _Malformed."""
+        try:
+            return self._send(request, body, parse, stop, self.continues)
+        except _NoContinue:
+            if self.continues:
+                self.continues = False
+                log.warning(f"warning: {self.base_url} does not continue a started assistant reply "
+                            "(continue_final_message); chat requests go without their reply prefix")
+            return self._send(request, body, parse, stop, False)
+
+    def _send(self, request: Request, body: dict, parse, stop: threading.Event, continues: bool):
         chat = request.messages is not None
         path = "chat/completions" if chat else "completions"
-        body = {"model": self.model, **body, **({"messages": list(request.messages)} if chat else {"prompt": request.prompt})}
+        if not chat:
+            body = {"model": self.model, **body, "prompt": request.prompt + request.prefix}
+        elif request.prefix and continues:
+            body = {"model": self.model, **body, "extra_body": {"continue_final_message": True, "add_generation_prompt": False},
+                    "messages": [*request.messages, {"role": "assistant", "content": request.prefix}]}
+        else:
+            body = {"model": self.model, **body, "messages": list(request.messages)}
         for attempt in range(self.max_retries + 1):
             try:
                 lease = self.pool.acquire(stop)
@@ -164,6 +220,9 @@ class OpenAIGenerator:
                 if e.status_code not in RETRY_STATUS and e.status_code < 500:
                     if e.status_code == 400 and ("maximum context length" in message or "context_length_exceeded" in message):
                         raise _TooLong from None
+                    if e.status_code in (400, 422) and "extra_body" in body and (
+                            "continue_final_message" in message or "add_generation_prompt" in message):
+                        raise _NoContinue from None
                     raise self._error(f"{where} refused the request: HTTP {e.status_code}: {message}") from None
                 fault = "busy" if e.status_code == 429 else "error"
                 error, delay = f"HTTP {e.status_code}: {message}", _retry_after(e.response.headers)
@@ -233,14 +292,34 @@ def _top_logprobs(reply, chat: bool) -> list[tuple[str, float]]:
     return pairs
 
 
-def _option_logprobs(pairs, options: list[str]) -> dict[str, float]:
-    # " A" and "A" are different tokens that both mean option A: compare without leading spaces, keep the best
-    result = {o: float("-inf") for o in options}
-    for token, logprob in pairs:
-        for o in options:
-            if token.lstrip() == o.lstrip() and logprob is not None:
-                result[o] = max(result[o], float(logprob))
-    return result
+def _spelled(token: str) -> str:
+    """A token's text without the leading space a tokenizer may show as " ", "▁" or "Ġ"."""
+    return token.replace("▁", " ").replace("Ġ", " ").strip()
+
+
+def _option_logprobs(first: list[tuple[str, float]], options: list[str], after) -> dict[str, float]:
+    """log P(option) from the top tokens at the first position; `after(token)` is the top list once that token is
+    written (None if it cannot be asked). Spellings summed, longer options chained, absent ones bounded."""
+    pairs = [(t, float(lp)) for t, lp in first if t is not None and lp is not None]
+    floor = min((lp for _, lp in pairs), default=NEG_INF)  # what is not in the top-20 has at most this
+    own: dict[str, list[float]] = {o: [] for o in options}
+    for token, lp in pairs:
+        text = _spelled(token)
+        longer = [o for o in options if len(o) > len(text) > 0 and o.startswith(text)]
+        rest_lp = {}  # option -> log P(rest | token)
+        if longer:
+            follow = after(token)
+            if follow is not None:
+                follow = [(t, float(v)) for t, v in follow if t is not None and v is not None]
+                bound = min((v for _, v in follow), default=NEG_INF)
+                for o in longer:
+                    rest = o[len(text):]
+                    matched = [v for t, v in follow if t == rest]
+                    rest_lp[o] = logsumexp(matched) if matched else bound
+                    own[o].append(lp + rest_lp[o])
+        if text in own:  # this token spells the option; the mass that goes on into a longer option is not its
+            own[text].append(log_minus(lp, logsumexp(lp + v for v in rest_lp.values())))
+    return {o: logsumexp(v) if v else floor for o, v in own.items()}
 
 
 def _server_message(e: openai.APIStatusError) -> str:

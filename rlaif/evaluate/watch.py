@@ -34,13 +34,23 @@ def hacking_warning(history: list[dict], window: int, min_drop: float, kl_bound:
 
 
 class LiveGenerator(HFGenerator):
-    """The Generator seam over a model being trained: eval mode and left padding only while it generates."""
+    """The Generator seam over a model being trained: eval mode (and left padding) only while it generates or scores."""
 
     def __init__(self, model, tokenizer, model_id: str, batch_size: int = 16):
         self.model, self.tokenizer, self.model_id, self.batch_size = model, tokenizer, model_id, batch_size
         self.device = next(model.parameters()).device
         self.has_chat_template = bool(tokenizer.chat_template)
+        self.logit_dtype = "float32"  # HFGenerator.logprobs reads options through an fp32 head
         self._eos_ids = eos_ids(model, tokenizer)
+
+    def logprobs(self, requests, options):
+        """HFGenerator.logprobs in eval mode (no dropout), leaving the model's mode as it was."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            return super().logprobs(requests, options)
+        finally:
+            self.model.train(training)
 
     def generate(self, requests, progress=None):
         """HFGenerator.generate, leaving the model's mode and the tokenizer's padding side as they were."""

@@ -72,6 +72,7 @@ class Replica:
         import torch
 
         return {"model_id": self.engine.model_id, "has_chat_template": self.engine.has_chat_template,
+                "logit_dtype": getattr(self.engine, "logit_dtype", None),
                 "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "threads": torch.get_num_threads()}
 
     def generate(self, requests: list[Request]) -> list[Completion]:
@@ -108,6 +109,7 @@ class RayGenerator:
             raise RuntimeError(f"a replica of {cfg.model} failed to start: {e}") from None
         self.model_id = self.replicas[0]["model_id"]
         self.has_chat_template = self.replicas[0]["has_chat_template"]
+        self.logit_dtype = self.replicas[0]["logit_dtype"]
 
     def _map(self, submit, requests: list, progress=None) -> list:
         """One contiguous shard per replica; results land in request order, progress as each shard returns."""
@@ -131,7 +133,7 @@ class RayGenerator:
         return self._map(lambda actor, shard: actor.generate.remote(shard), requests, progress) if requests else []
 
     def logprobs(self, requests: list[Request], options: list[str]) -> list[dict[str, float]]:
-        """Option log-probabilities, one shard per replica."""
+        """Option log-probabilities (the replicas' engines read them in context), one shard per replica."""
         return self._map(lambda actor, shard: actor.logprobs.remote(shard, options), requests) if requests else []
 
     def served(self) -> list[int]:

@@ -1,8 +1,10 @@
 """Stage `judge` (RL-CAI / RLAIF): soft preference labels from the option log-probabilities of an AI judge.
 
 For a comparison (a, b) and a principle, the judge sees a multiple-choice question and we read
-P(A) and P(B) of the next token, normalised over the two options. Scoring both orders, (a, b) and
-(b, a), and averaging cancels the judge's position bias; how often the orders disagree is recorded.
+P(A) and P(B) of what comes next (in context, spellings summed: backends/options.py), normalised over the
+two options. When P(A) + P(B), the option mass, is below `min_option_mass` the judge meant to say something
+else ("**", "<think>", "The"), and that order gets no label. Scoring both orders, (a, b) and (b, a), and
+averaging cancels the judge's position bias; how often the orders disagree is recorded.
 """
 
 from __future__ import annotations
@@ -21,8 +23,22 @@ from ..store import record_key
 from .common import StageContext, chunks, prompt_format
 
 TEMPLATES = {"completion": "completion/judge.j2", "chat": "chat/judge.j2"}
+REPLY = "chat/judge_reply.j2"  # a chat judge's reply starts with this; the letter is read after it
 OPTIONS = ("A", "B")
-_VERDICT = re.compile(r"answer is:?\s*\(?\s*([AB])\b|^\W*\(?([AB])\)?(?:\W|$)", re.IGNORECASE | re.MULTILINE)
+# How option probabilities are read, in every judge record key: records read the old way (first token out of
+# context, bf16 logits on hf, no mass check) must not mix with these. Bump when the reading changes meaning.
+READING = "in-context-v2"
+# Verdicts in generated text (the parse method). Letters are case-sensitive ("the answer is b" is no verdict);
+# the last verdict in the text wins.
+_VERDICTS = (
+    # "The answer is: (A)", "Answer: B", "Option B", "Response B is better", "my choice is (A)"
+    re.compile(r"(?i:\b(?:answer|option|response|choice|verdict)\b)(?:\s+is)?\s*:?\s*\**\(?([AB])(?![\w'’])"),
+    re.compile(r"\(([AB])\)"),  # "(B)" anywhere: "I pick (B)"
+    # a line that starts with the letter ("B", "B)", "**A**", "A.", "A is better") but not the article
+    # ("A response like B is better") nor a turn label ("A: ...")
+    re.compile(r"^[ \t*]*\(?([AB])(?:\)|\*|(?=[ \t]*[.,;!]?[ \t]*$)|(?=[.,;!]\s)|(?=\s+(?:is|wins|because)\b))", re.MULTILINE),
+    re.compile(r"(?<![\w(])([AB])\)?\s+(?:is|seems|looks)\s+(?:better|preferable|the better)\b"),  # "... B is better"
+)
 
 
 @dataclass(frozen=True)
@@ -62,12 +78,23 @@ def normalise(logprobs: dict[str, float]) -> float | None:
     return ea / (ea + eb)
 
 
+def option_mass(logprobs: dict[str, float]) -> float:
+    """P(A) + P(B): how much of what the judge would say next is one of the options."""
+    return sum(math.exp(logprobs.get(o, -math.inf)) for o in OPTIONS)
+
+
+def read_options(logprobs: dict[str, float], min_mass: float) -> tuple[float | None, float]:
+    """(P(A) normalised over the options, option mass); P(A) is None when the mass is below `min_mass`."""
+    mass = option_mass(logprobs)
+    return (normalise(logprobs) if mass >= min_mass and mass > 0 else None), mass
+
+
 def parse_verdict(text: str) -> float | None:
     """P(A) from a generated verdict: 1.0 for A, 0.0 for B, None when no verdict can be read."""
-    matches = [m.group(1) or m.group(2) for m in _VERDICT.finditer(text or "")]
-    if not matches:
+    found = [(m.start(1), m.group(1)) for pattern in _VERDICTS for m in pattern.finditer(text or "")]
+    if not found:
         return None
-    return 1.0 if matches[-1].upper() == "A" else 0.0  # the last stated verdict is the conclusion
+    return 1.0 if max(found)[1] == "A" else 0.0  # the last stated verdict is the conclusion
 
 
 def clamp(p: float | None, bounds: tuple[float, float] | None) -> float | None:
@@ -77,15 +104,19 @@ def clamp(p: float | None, bounds: tuple[float, float] | None) -> float | None:
     return min(max(p, bounds[0]), bounds[1])
 
 
-def combine(p_first: float | None, p_swapped: float | None) -> tuple[float | None, bool | None]:
-    """Soft label P(a > b) from both orders, and whether the orders agree on the winner.
+def combine(p_first: float | None, p_swapped: float | None) -> tuple[float | None, bool | None, int]:
+    """Soft label P(a > b) from both orders, whether the orders agree on the winner, and how many orders were scored.
 
     p_first = P(A) with a shown as A; p_swapped = P(A) with b shown as A, so P(a > b) = 1 - p_swapped.
+    `agree` is None unless both orders were scored and each picked a winner: an exact 0.5 is a tie, which is
+    neither agreement nor disagreement. With one order missing the label is that order's alone (position bias
+    included), and the count says so.
     """
     views = [p for p in (p_first, None if p_swapped is None else 1 - p_swapped) if p is not None]
     label = sum(views) / len(views) if views else None
-    agree = None if p_first is None or p_swapped is None else (p_first > 0.5) == (1 - p_swapped > 0.5)
-    return label, agree
+    decided = p_first is not None and p_swapped is not None and 0.5 not in (p_first, p_swapped)
+    agree = (p_first > 0.5) == (1 - p_swapped > 0.5) if decided else None
+    return label, agree, len(views)
 
 
 def draw_principles(constitution: Constitution, seed: int, key: str, k: int) -> list[Principle]:
@@ -122,70 +153,103 @@ def build_comparisons(responses: list[dict], finals: dict[str, tuple[str, str]],
 # ---- talking to the judge ---------------------------------------------------------------------------
 
 
-def _request(ctx: StageContext, fmt: str, c: Comparison, first: Candidate, second: Candidate, principle: Principle,
-             cfg: JudgeConfig, reasoning: str | None, sampling: Sampling) -> Request:
+def request(ctx: StageContext, fmt: str, c: Comparison, first: Candidate, second: Candidate, principle: Principle,
+             cfg: JudgeConfig, reasoning: str | None, sampling: Sampling, answer: bool) -> Request:
+    """The judge's question; `answer`: the reply must start with the verdict (chat: opened with chat/judge_reply.j2)."""
     text = ctx.templates.render(TEMPLATES[fmt], messages=list(c.messages), principle=principle, response_a=first.text,
                                 response_b=second.text, chain_of_thought=cfg.chain_of_thought, reasoning=reasoning)
     if fmt == "chat":
-        return Request(messages=({"role": "user", "content": text},), sampling=sampling)
+        prefix = ctx.templates.render(REPLY) if answer else ""
+        return Request(messages=({"role": "user", "content": text},), sampling=sampling, prefix=prefix)
     return Request(prompt=text, sampling=sampling)
 
 
-def _score(ctx, generator, fmt, jobs, cfg: JudgeConfig, method: list[str]) -> list[tuple[float | None, str]]:
-    """P(A) and any raw text for each (comparison, first, second, principle) job."""
+Scored = tuple[float | None, float | None, str]  # P(A) (None: no usable answer), option mass (None: parsed), raw text
+
+
+def _score(ctx, generator, fmt, jobs, cfg: JudgeConfig, method: str) -> list[Scored]:
+    """P(A), the option mass and any raw text for each (comparison, first, second, principle) job."""
     stop = tuple(COMPLETION_STOP) + ("\nTherefore",) if fmt == "completion" else ()
     reasoning = [None] * len(jobs)
     if cfg.chain_of_thought:  # let the judge reason first, greedily
         s = Sampling(temperature=0.0, max_tokens=cfg.cot_max_tokens, stop=stop)
-        outs = generator.generate([_request(ctx, fmt, c, f, g, p, cfg, None, s) for c, f, g, p in jobs])
+        outs = generator.generate([request(ctx, fmt, c, f, g, p, cfg, None, s, False) for c, f, g, p in jobs])
         reasoning = [o.outputs[0].text.strip() for o in outs]
     s = Sampling(temperature=0.0, max_tokens=cfg.max_tokens, stop=stop)
-    requests = [_request(ctx, fmt, c, f, g, p, cfg, r, s) for (c, f, g, p), r in zip(jobs, reasoning)]
     bounds = tuple(cfg.cot_clamp) if cfg.chain_of_thought and cfg.cot_clamp else None
-    if method[0] != "parse":
-        try:
-            return [(clamp(normalise(lp), bounds), r or "") for lp, r in zip(generator.logprobs(requests, list(OPTIONS)), reasoning)]
-        except (NotImplementedError, LogprobsUnavailable):
-            if cfg.method == "logprobs":  # asked for explicitly: say so rather than change the method
-                raise
-            method[0] = "parse"  # this backend gives no log-probabilities: read generated verdicts instead
+    if method == "logprobs":
+        requests = [request(ctx, fmt, c, f, g, p, cfg, r, s, True) for (c, f, g, p), r in zip(jobs, reasoning)]
+        read = [read_options(lp, cfg.min_option_mass) for lp in generator.logprobs(requests, list(OPTIONS))]
+        return [(clamp(p, bounds), mass, r or "") for (p, mass), r in zip(read, reasoning)]
+    # a verdict in the judge's own words: no reply prefix, so a chat judge may say it however it likes
+    requests = [request(ctx, fmt, c, f, g, p, cfg, r, s, False) for (c, f, g, p), r in zip(jobs, reasoning)]
     texts = [o.outputs[0].text for o in generator.generate(requests)]
-    return [(clamp(parse_verdict(t), bounds), ((r + "\n") if r else "") + t) for t, r in zip(texts, reasoning)]
+    return [(clamp(parse_verdict(t), bounds), None, ((r + "\n") if r else "") + t) for t, r in zip(texts, reasoning)]
+
+
+def _records(chunk, scored: list[Scored], cfg: JudgeConfig, method: str, generator) -> dict[str, dict]:
+    """One record per (comparison, principle) of the chunk, from its scored orders."""
+    new = {}
+    for i, (c, p, key) in enumerate(chunk):
+        p_first, mass_first, raw_first = scored[i]
+        p_swapped, mass_swapped, raw_swapped = scored[len(chunk) + i] if cfg.both_orders else (None, None, "")
+        label, agree, scored_orders = combine(p_first, p_swapped)
+        new[key] = {"comparison_id": c.id, "prompt_id": c.prompt_id, "kind": c.kind, "a_key": c.a.key, "b_key": c.b.key,
+                    "principle": p.name, "p_first": p_first, "p_swapped": p_swapped, "option_mass_first": mass_first,
+                    "option_mass_swapped": mass_swapped, "label": label, "agree": agree,
+                    "orders": 2 if cfg.both_orders else 1, "orders_scored": scored_orders, "method": method,
+                    "logit_dtype": getattr(generator, "logit_dtype", None) if method == "logprobs" else None,
+                    "model": generator.model_id, "raw_first": raw_first, "raw_swapped": raw_swapped}
+    return new
 
 
 def judge(ctx: StageContext, generator, comparisons: list[Comparison], cfg: JudgeConfig, format_setting: str = "auto") -> list[dict]:
-    """One record per (comparison, principle): p for each order, the soft label, agreement, raw text."""
+    """One record per (comparison, principle): p and option mass for each order, the soft label, agreement, raw text.
+
+    The key names the method actually used: with `auto`, log-probabilities, or parsed verdicts once the backend
+    turns out to have none; a record made either way is reused.
+    """
     fmt = prompt_format(format_setting, generator)
     template = ctx.templates.sha256(TEMPLATES[fmt])
+    reply = ctx.templates.sha256(REPLY) if fmt == "chat" else None
     pool = ctx.constitution.restricted(cfg.principles)
-    settings = {"both_orders": cfg.both_orders, "cot": cfg.chain_of_thought, "cot_max_tokens": cfg.cot_max_tokens,
-                "clamp": list(cfg.cot_clamp or ()), "method": cfg.method, "max_tokens": cfg.max_tokens}
-    plan = []
-    for c in comparisons:
-        for p in draw_principles(pool, ctx.seed, c.id, cfg.principles_per_comparison):
-            key = record_key(stage="judge", a=c.a.key, b=c.b.key, principle=p.sha256, template=template,
-                             model=generator.model_id, settings=settings, seed=ctx.seed, format=fmt)
-            plan.append((c, p, key))
-    records = ctx.store.get_many([k for _, _, k in plan])
-    todo = [item for item in plan if item[2] not in records]
-    method = [cfg.method if cfg.method != "auto" else "logprobs"]
+    methods = ["logprobs", "parse"] if cfg.method == "auto" else [cfg.method]
+
+    def key(c: Comparison, p: Principle, method: str) -> str:
+        settings = {"both_orders": cfg.both_orders, "cot": cfg.chain_of_thought, "cot_max_tokens": cfg.cot_max_tokens,
+                    "clamp": list(cfg.cot_clamp or ()), "method": method}
+        if method == "logprobs":
+            settings |= {"reading": READING, "min_option_mass": cfg.min_option_mass,
+                         "logit_dtype": getattr(generator, "logit_dtype", None)}
+        else:
+            settings |= {"max_tokens": cfg.max_tokens, "parser": READING}
+        return record_key(stage="judge", a=c.a.key, b=c.b.key, principle=p.sha256, template=template, reply=reply,
+                          model=generator.model_id, settings=settings, seed=ctx.seed, format=fmt)
+
+    plan = [(c, p, [key(c, p, m) for m in methods]) for c in comparisons
+            for p in draw_principles(pool, ctx.seed, c.id, cfg.principles_per_comparison)]
+    records = ctx.store.get_many([k for _, _, keys in plan for k in keys])
+    todo = [item for item in plan if not any(k in records for k in item[2])]
+    method = methods[0]
     if todo:
         advance = ctx.reporter.task("judge", len(todo))
         for chunk in chunks(todo, ctx.batch_size):
             jobs = [(c, c.a, c.b, p) for c, p, _ in chunk]
             if cfg.both_orders:
                 jobs += [(c, c.b, c.a, p) for c, p, _ in chunk]
-            scored = _score(ctx, generator, fmt, jobs, cfg, method)
-            new = {}
-            for i, (c, p, key) in enumerate(chunk):
-                p_first, raw_first = scored[i]
-                p_swapped, raw_swapped = scored[len(chunk) + i] if cfg.both_orders else (None, "")
-                label, agree = combine(p_first, p_swapped)
-                new[key] = {"comparison_id": c.id, "prompt_id": c.prompt_id, "kind": c.kind, "a_key": c.a.key,
-                            "b_key": c.b.key, "principle": p.name, "p_first": p_first, "p_swapped": p_swapped,
-                            "label": label, "agree": agree, "orders": 2 if cfg.both_orders else 1, "method": method[0], "model": generator.model_id,
-                            "raw_first": raw_first, "raw_swapped": raw_swapped}
+            try:
+                scored = _score(ctx, generator, fmt, jobs, cfg, method)
+            except (NotImplementedError, LogprobsUnavailable):
+                if method != "logprobs" or len(methods) == 1:  # asked for explicitly: say so rather than change the method
+                    raise
+                method = "parse"  # this backend gives no log-probabilities: read generated verdicts instead
+                scored = _score(ctx, generator, fmt, jobs, cfg, method)
+            new = _records([(c, p, keys[methods.index(method)]) for c, p, keys in chunk], scored, cfg, method, generator)
             ctx.store.put_many("judge", new)
             records.update(new)
             advance(len(chunk), 0)
-    return [records[key] | {"key": key} for _, _, key in plan]
+    out = []
+    for _, _, keys in plan:
+        k = next(k for k in keys if k in records)  # log-probabilities first, where both exist
+        out.append(records[k] | {"key": k})
+    return out

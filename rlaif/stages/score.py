@@ -1,4 +1,10 @@
-"""Stage `score` (pointwise, d-RLAIF): a 1-10 rating as the probability-weighted mean over the digit tokens."""
+"""Stage `score` (pointwise, d-RLAIF): a 1-10 rating as the probability-weighted mean over the ratings' tokens.
+
+The judge reads "1".."10" after "Rating (1 to 10): " (a chat judge's reply is opened with it), in context
+(backends/options.py): "10" is one token on some tokenizers and "1" then "0" on others, and P(1) excludes the
+"10"s either way. When the ratings together get less than `min_digit_mass` of what comes next, the judge is not
+giving a number and the item is unrated. Every candidate answer to a prompt is rated on the same principle(s).
+"""
 
 from __future__ import annotations
 
@@ -9,71 +15,73 @@ from ..config import ScoreConfig
 from ..constitution import Principle
 from ..store import record_key
 from .common import StageContext, chunks, prompt_format
-from .judge import draw_principles
+from .judge import READING, draw_principles
 
 TEMPLATES = {"completion": "completion/score.j2", "chat": "chat/score.j2"}
-DIGITS = [str(d) for d in range(1, 10)]
+REPLY = "chat/score_reply.j2"  # a chat judge's reply starts with this; the number is read after it
+RATINGS = [str(d) for d in range(1, 11)]
 
 
-def expected_rating(first: dict[str, float], zero_after_one: float | None) -> tuple[float | None, dict[int, float]]:
-    """Mean rating and its distribution over 1..10 from digit log-probabilities.
+def expected_rating(logprobs: dict[str, float], min_mass: float = 0.0) -> tuple[float | None, dict[int, float], float]:
+    """Mean rating, its distribution over 1..10, and the digit mass P(1) + ... + P(10), from the ratings' log-probabilities.
 
-    `first` holds the log-probabilities of "1".."9" as the first token; "10" shares its first token
-    with "1", so `zero_after_one` (log P("0" | "1")) splits that mass: P(10) = P("1") * P("0" | "1").
+    The mean is None when the mass is below `min_mass` (the distribution is still given, for inspection).
     """
-    mass = {int(d): math.exp(first[d]) for d in DIGITS if first.get(d, -math.inf) > -math.inf}
-    if not mass:
-        return None, {}
-    if 1 in mass and zero_after_one is not None and zero_after_one > -math.inf:
-        p0 = math.exp(zero_after_one)
-        mass[10], mass[1] = mass[1] * p0, mass[1] * (1 - p0)
+    mass = {int(r): math.exp(logprobs.get(r, -math.inf)) for r in RATINGS}
     total = sum(mass.values())
-    probs = {k: v / total for k, v in sorted(mass.items())}
-    return sum(k * p for k, p in probs.items()), probs
+    if total <= 0:
+        return None, {}, 0.0
+    probs = {k: v / total for k, v in mass.items() if v > 0}
+    mean = sum(k * p for k, p in probs.items()) if total >= min_mass else None
+    return mean, probs, total
 
 
-def rate(templates, generator, fmt: str, items: list[tuple[list, str, Principle]]) -> list[tuple[float | None, dict]]:
-    """Rate each (messages, response, principle) item; batched: two log-probability calls in all."""
+def request(templates, fmt: str, messages: list, response: str, principle: Principle, sampling: Sampling) -> Request:
+    """The rating question; a chat judge's reply is opened with chat/score_reply.j2, the number read right after it."""
+    text = templates.render(TEMPLATES[fmt], messages=list(messages), response=response, principle=principle)
+    if fmt == "chat":
+        return Request(messages=({"role": "user", "content": text},), sampling=sampling, prefix=templates.render(REPLY))
+    return Request(prompt=text, sampling=sampling)
+
+
+def rate(templates, generator, fmt: str, items: list[tuple[list, str, Principle]],
+         min_mass: float = 0.0) -> list[tuple[float | None, dict, float]]:
+    """(rating, distribution, digit mass) for each (messages, response, principle) item; one batched call."""
     s = Sampling(temperature=0.0, max_tokens=1)
-
-    def request(messages, response, principle, suffix=""):
-        text = templates.render(TEMPLATES[fmt], messages=list(messages), response=response, principle=principle)
-        if fmt == "chat":
-            return Request(messages=({"role": "user", "content": text},), sampling=s)
-        return Request(prompt=text + suffix, sampling=s)
-
-    firsts = generator.logprobs([request(*item) for item in items], DIGITS)
-    if fmt == "completion":  # "10" = "1" then "0": ask what follows a "1"
-        zeros = [lp["0"] for lp in generator.logprobs([request(*item, suffix="1") for item in items], ["0"])]
-    else:  # a chat turn cannot be continued mid-reply through the seam, so "10" folds into "1" (noted in the docs)
-        zeros = [None] * len(items)
-    return [expected_rating(f, z) for f, z in zip(firsts, zeros)]
+    requests = [request(templates, fmt, *item, s) for item in items]
+    return [expected_rating(lp, min_mass) for lp in generator.logprobs(requests, RATINGS)]
 
 
 def score(ctx: StageContext, generator, targets: list[dict], cfg: ScoreConfig, format_setting: str = "auto") -> list[dict]:
-    """One record per (target, principle): the mean rating and its distribution. Targets: key, text, messages."""
+    """One record per (target, principle): the mean rating, its distribution and the digit mass. Targets: key,
+    text, prompt_id, messages; the principles are drawn per prompt, so a prompt's candidates share them."""
     fmt = prompt_format(format_setting, generator)
     template = ctx.templates.sha256(TEMPLATES[fmt])
+    reply = ctx.templates.sha256(REPLY) if fmt == "chat" else None
     pool = ctx.constitution.restricted(cfg.principles)
+    settings = {"reading": READING, "min_digit_mass": cfg.min_digit_mass, "logit_dtype": getattr(generator, "logit_dtype", None)}
     plan = []
     for t in targets:
-        for p in draw_principles(pool, ctx.seed, t["key"] + ":score", cfg.principles_per_item):
-            key = record_key(stage="score", input=t["key"], principle=p.sha256, template=template,
-                             model=generator.model_id, seed=ctx.seed, format=fmt)
+        for p in draw_principles(pool, ctx.seed, t["prompt_id"] + ":score", cfg.principles_per_item):
+            key = record_key(stage="score", input=t["key"], principle=p.sha256, template=template, reply=reply,
+                             model=generator.model_id, seed=ctx.seed, format=fmt, settings=settings)
             plan.append((t, p, key))
     records = ctx.store.get_many([k for _, _, k in plan])
     todo = [item for item in plan if item[2] not in records]
     if todo:
         advance = ctx.reporter.task("score", len(todo))
         for chunk in chunks(todo, ctx.batch_size):
-            rated = rate(ctx.templates, generator, fmt, [(t["messages"], t["text"], p) for t, p, _ in chunk])
+            rated = rate(ctx.templates, generator, fmt, [(t["messages"], t["text"], p) for t, p, _ in chunk], cfg.min_digit_mass)
             new = {key: {"target_key": t["key"], "prompt_id": t["prompt_id"], "principle": p.name, "score": s,
-                         "probs": {str(k): v for k, v in probs.items()}, "model": generator.model_id}
-                   for (t, p, key), (s, probs) in zip(chunk, rated)}
+                         "probs": {str(k): v for k, v in probs.items()}, "digit_mass": mass,
+                         "logit_dtype": settings["logit_dtype"], "model": generator.model_id}
+                   for (t, p, key), (s, probs, mass) in zip(chunk, rated)}
             ctx.store.put_many("score", new)
             records.update(new)
             advance(len(chunk), 0)
     return [records[key] | {"key": key} for _, _, key in plan]
+
+
 
 
 def best_vs_worst(targets: list[dict], records: list[dict], min_gap: float) -> list[tuple[dict, dict, float, float]]:

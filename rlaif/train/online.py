@@ -30,8 +30,8 @@ def reward_function(cfg, log, as_callable: bool = False):
 
     judge = cfg.reward.judge
     generator, constitution, pool = load_judge(judge, cfg.file)
-    log(f"{cfg.method}: reward = the judge's 1-10 rating ({generator.model_id}, {constitution.name}, "
-        f"{judge.principles_per_item} principle(s) per completion)")
+    log(f"{cfg.method}: reward = the judge's 1-10 rating mapped to [-1, 1] ({generator.model_id}, {constitution.name}, "
+        f"{judge.principles_per_item} principle(s) per prompt and step)")
     return JudgeScoreReward(generator, constitution, principles_per_item=judge.principles_per_item), pool
 
 

@@ -30,6 +30,8 @@ class Script:
         self.faults: list[str] = []
         self.delay = lambda body: 0.0  # seconds a good reply takes
         self.logprobs = True
+        self.top = lambda body: {" A": -0.5, "A": -0.7, " B": -1.25, "C": -3.0}  # top logprobs for a request body
+        self.continues = True  # accepts vLLM's continue_final_message
         self.requests: list[tuple[str, dict, str | None]] = []  # (path, body, Authorization header)
         self.in_flight = self.peak = 0
         self.lock = threading.Lock()
@@ -80,6 +82,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_raw(200, b'{"id": "x", "choices": [{"text": ')
         if fault == "no-choices":
             return self._send(200, {"id": "x", "object": "text_completion", "model": body["model"]})
+        if "continue_final_message" in body and not script.continues:  # as a strict server (OpenAI itself) answers
+            return self._send(400, {"error": {"message": "Unrecognized request argument supplied: continue_final_message"}})
         time.sleep(script.delay(body))
         self._send(200, self._good(script, body))
 
@@ -94,7 +98,7 @@ class Handler(BaseHTTPRequestHandler):
             choice = {"index": i, "finish_reason": finish, "logprobs": None}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
             if body.get("logprobs") and script.logprobs:
-                top = {" A": -0.5, "A": -0.7, " B": -1.25, "C": -3.0}
+                top = script.top(body)
                 if chat:
                     entries = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
                     choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.5, "bytes": None, "top_logprobs": entries}]}
@@ -251,10 +255,63 @@ def test_too_long_prompt_gives_an_empty_output_not_an_error(server, make):
 def test_logprobs_of_options(server, make, chat):
     request = Request(messages=({"role": "user", "content": "A or B?"},)) if chat else prompt("A or B? (")
     (scores,) = make().logprobs([request], ["A", "B", "D"])
-    assert scores == {"A": -0.5, "B": -1.25, "D": float("-inf")}  # "A": best of " A" and "A"; "D" not in the top list
+    # "A": " A" and "A" summed (old code: the larger of the two); "D", not among the top: at most the smallest
+    # returned log-probability (old code: -inf, so a label of exactly 0 or 1)
+    assert scores == {"A": pytest.approx(math.log(math.exp(-0.5) + math.exp(-0.7))), "B": -1.25, "D": -3.0}
     _, body, _ = server.script.requests[-1]
     assert body["max_tokens"] == 1 and body["temperature"] == 0
     assert (body["logprobs"], body.get("top_logprobs")) == ((True, 20) if chat else (20, None))
+
+
+def _ratings_server(server):
+    """After the prompt: "1" 0.5, " 7" 0.3, "10" nowhere; after a "1": "0" 0.8. What a digit-split tokenizer gives."""
+    def top(body):
+        text = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
+        if text.endswith("1"):
+            return {"0": math.log(0.8), ".": math.log(0.1), "5": math.log(0.05)}
+        return {"1": math.log(0.5), " 7": math.log(0.3), "**": math.log(0.1), "I": math.log(0.05)}
+
+    server.script.top = top
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_ten_is_chained_through_its_first_token(server, make, chat):
+    """P(10) = P("1") P("0" | "1"), P(1) = P("1") - P(10): one more request, its reply prefix ending in "1"."""
+    _ratings_server(server)
+    messages = ({"role": "user", "content": "Rate it."},)
+    request = Request(messages=messages, prefix="Rating: ") if chat else prompt("Rating: ")
+    (scores,) = make().logprobs([request], [str(d) for d in range(1, 11)])
+    assert scores["10"] == pytest.approx(math.log(0.5 * 0.8)) and scores["1"] == pytest.approx(math.log(0.5 * 0.2))
+    assert scores["7"] == pytest.approx(math.log(0.3)) and scores["3"] == pytest.approx(math.log(0.05))  # absent: bounded
+    bodies = [body for _, body, _ in server.script.requests]
+    if chat:  # the reply is continued: a final assistant message and vLLM's continue_final_message
+        assert [b["messages"][-1] for b in bodies] == [{"role": "assistant", "content": "Rating: "},
+                                                       {"role": "assistant", "content": "Rating: 1"}]
+        assert all(b["continue_final_message"] is True and b["add_generation_prompt"] is False for b in bodies)
+    else:
+        assert [b["prompt"] for b in bodies] == ["Rating: ", "Rating: 1"]
+
+
+def test_a_server_that_cannot_continue_a_reply_gets_it_without_the_prefix(server, make, caplog):
+    """Fallback, documented: the request goes again without the prefix, and so do the later ones; "10" cannot be
+    chained there (it is read only if the server has a "10" token among its top-20)."""
+    _ratings_server(server)
+    server.script.continues = False
+    gen = make(max_concurrency=1)
+    request = Request(messages=({"role": "user", "content": "Rate it."},), prefix="Rating: ")
+    (scores,) = gen.logprobs([request], ["1", "7", "10"])
+    assert gen.continues is False and "does not continue a started assistant reply" in caplog.text
+    assert scores["1"] == pytest.approx(math.log(0.5)) and scores["10"] == pytest.approx(math.log(0.05))  # bound
+    bodies = [body for _, body, _ in server.script.requests]
+    assert len(bodies) == 2 and bodies[1]["messages"] == [{"role": "user", "content": "Rate it."}]
+    out = gen.generate([request])  # generate too: without the prefix from now on, and no refused request first
+    assert out[0].outputs[0].text == "<Rate it.|0>" and len(server.script.requests) == 3
+
+
+def test_too_long_prompt_gets_no_option_instead_of_failing_the_batch(server, make):
+    server.script.faults = ["too-long"]
+    scores = make(max_concurrency=1).logprobs([prompt("long"), prompt("short (")], ["A", "B"])
+    assert scores[0] == {"A": -math.inf, "B": -math.inf} and scores[1]["B"] == -1.25
 
 
 def test_no_logprobs_from_the_server(server, make):

@@ -73,6 +73,26 @@ def test_logprobs_of_options(engine):
     assert all(letters[k] > scores[" " + k] for k in "AB")  # after "(" the bare letter is the likely token
 
 
+def test_logprobs_read_ten_in_context_and_survive_a_too_long_prompt(engine):
+    """On Gemma "10" after "Rating (1 to 10): " is "1" then "0": P(1) + P(10) is the mass of the token "1"; a prompt
+    longer than the context gets -inf for every option (a low-mass parse failure) instead of failing the batch."""
+    from vllm import SamplingParams
+
+    prompt = "Rate the answer.\nRating (1 to 10): "
+    limit = engine.llm.llm_engine.model_config.max_model_len
+    too_long = Request(prompt="word " * (limit + 10))
+    fine, long_one, again = engine.logprobs([Request(prompt=prompt), too_long, Request(prompt=prompt)], [str(d) for d in range(1, 11)])
+    assert long_one == {str(d): -math.inf for d in range(1, 11)}
+    assert fine == pytest.approx(again) and all(math.isfinite(v) for v in fine.values())
+    one = engine.tokenizer.convert_tokens_to_ids("1")
+    ids = engine.tokenizer(prompt)["input_ids"]
+    out = engine.llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=[one]),
+                              use_tqdm=False)[0]
+    token_one = out.outputs[0].logprobs[0][one].logprob
+    assert math.log(math.exp(fine["1"]) + math.exp(fine["10"])) == pytest.approx(token_one, abs=1e-4)
+    assert engine.logit_dtype == "bfloat16"
+
+
 def test_chat_request_without_a_template_fails_loudly(engine):
     with pytest.raises(ValueError):
         engine.generate([Request(messages=({"role": "user", "content": "hi"},))])

@@ -11,7 +11,8 @@ from rlaif.cli import main
 
 from ..conftest import write_pipeline
 
-STAGES = ("stages:\n  respond: {n: 2, max_tokens: 8}\n  judge: {revisions: false}\n"
+# a random tiny judge spreads its next token over the vocabulary: no option-mass check
+STAGES = ("stages:\n  respond: {n: 2, max_tokens: 8}\n  judge: {revisions: false, min_option_mass: 0}\n"
           "  dpo: {trl: {max_steps: 1, per_device_train_batch_size: 2, max_length: 64, logging_steps: 1}}\n")
 
 
