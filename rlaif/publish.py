@@ -51,9 +51,27 @@ def dataset_card(info: dict, found: dict, files: dict, repo: str | None = None) 
                               repo=repo)
 
 
+def unique_pairs(prefs):
+    """The preference dataset with one row per pair_id: a run made before pairs were merged gets them merged now.
+
+    The rule is the pipeline's (rlaif.pairs); the run's filters were already applied, so nothing more is dropped.
+    """
+    import datasets
+
+    from .export import PREF_FEATURES
+    from .pairs import merge_pairs
+
+    if len(set(prefs["pair_id"])) == len(prefs):
+        return prefs
+    rows, _ = merge_pairs(list(prefs), lambda row: row["pair_id"], tie_band=0.0, drop_ties=False)
+    return datasets.Dataset.from_list([{k: row.get(k) for k in PREF_FEATURES} for row in rows], features=PREF_FEATURES)
+
+
 def export(run_dir, fmt: str, out: str | None = None, push_to_hub: str | None = None) -> Path:
     """Write the run's datasets as hf (save_to_disk), jsonl or parquet into `out`, with README.md; optionally push."""
     info, found = load_run(run_dir)
+    if "prefs" in found:
+        found["prefs"] = unique_pairs(found["prefs"])
     out_dir = Path(out) if out else Path(run_dir) / f"export-{fmt}"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
