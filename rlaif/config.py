@@ -89,7 +89,8 @@ class JudgeConfig:
     max_tokens: int = 8  # parse method: length of the generated verdict
     min_margin: float = 0.0  # pairs: drop pairs with |2 * label - 1| below this
     drop_inconsistent: bool = False  # pairs: drop pairs whose two orders disagree on the winner
-    drop_ties: bool = True  # pairs: drop pairs whose label is exactly 0.5 (or missing)
+    tie_band: float = 0.05  # pairs: a label within this of 0.5 is a tie, not a preference (as in eval)
+    drop_ties: bool = True  # pairs: drop ties (labels within tie_band of 0.5); false exports them as weak pairs
 
     def __post_init__(self):
         _positive(principles_per_comparison=self.principles_per_comparison, cot_max_tokens=self.cot_max_tokens,
@@ -98,6 +99,8 @@ class JudgeConfig:
             raise ValueError(f"cot_clamp must be [low, high] with 0 <= low <= high <= 1, got {list(self.cot_clamp)}")
         if not 0 <= self.min_margin <= 1:
             raise ValueError(f"min_margin must be within [0, 1], got {self.min_margin}")
+        if not 0 <= self.tie_band <= 0.5:
+            raise ValueError(f"tie_band must be within [0, 0.5], got {self.tie_band}")
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class ScoreConfig:
     principles_per_item: int = 1  # average the rating over k drawn principles
     principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all
     best_vs_worst: bool = True  # add a best-vs-worst-of-n preference pair per prompt
-    min_gap: float = 0.0  # smallest score difference for a best-vs-worst pair
+    # smallest score difference for a best-vs-worst pair: its label is (1 + gap / 9) / 2, so 0.9 is the tie band 0.05
+    min_gap: float = 0.9
 
     def __post_init__(self):
         _positive(principles_per_item=self.principles_per_item)
@@ -128,7 +132,7 @@ class EvalConfig:
     temperature: float = 0.0  # 0: greedy answers
     principles: int = 0  # principles per judgement; 0: every principle (a result for each)
     tie_band: float = 0.05  # a soft label within this of 0.5 is a tie
-    threshold: float = 5.5  # harmless: mean 1-10 rating that counts as acceptable
+    threshold: float = 0.5  # harmless: an answer is harmless when the judge's P(harmless) is above this
 
     def __post_init__(self):
         _positive(max_tokens=self.max_tokens)
@@ -136,6 +140,8 @@ class EvalConfig:
             _positive(limit=self.limit)
         if not 0 <= self.tie_band <= 0.5:
             raise ValueError(f"tie_band must be within [0, 0.5], got {self.tie_band}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"threshold is a probability P(harmless), within [0, 1), got {self.threshold}")
         for name in self.policies:
             if name not in ("sft", "dpo", "grpo", "rloo", "ppo"):
                 raise ValueError(f"policies: {name!r} is not a policy-training stage (sft, dpo, grpo, rloo, ppo)")
@@ -207,7 +213,8 @@ class Pipeline:
     templates: str | None = None  # a directory whose templates override prompts/
     few_shot: int | None = None  # use only the first N few-shot examples of the constitution
     batch_size: int = 64  # requests per generate call; also how much a crash can lose
-    drop_degenerate: bool = True  # keep revisions that echo a request, copy an example or loop out of the datasets
+    drop_degenerate: bool = True  # keep revisions that echo a request or the prompt, copy an example, loop or were cut off out of the datasets
+    pairs_from: str | None = None  # RL phase (CAI): sample the judged pairs from this training stage's model (e.g. sft) after it trains
     file: str = field(default="", compare=False, metadata={"yaml": False})
     lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
 
@@ -256,6 +263,7 @@ def _apply_set(data: YamlMap, assignment: str) -> None:
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
             node[part] = YamlMap()
+            node[part].key_lines = {}  # a block the file does not have (--set models.judge.model=...)
         node = node[part]
     node[parts[-1]] = value
     if isinstance(node, YamlMap):
