@@ -312,8 +312,6 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
         trained = run_training(p, reporter, before)
         samples, prefs = rl_phase(ctx, p, fmt, responses, revision_pairs, meta, info, stats, reporter)
     write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
-    for warning in info.get("warnings", []):
-        reporter.print(f"[bold red]WARNING[/] {warning}")
     info.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(time.perf_counter() - t0, 1),
                 counts={"prompts": len(p.prompts), "responses": len(responses),
                         **({"rl_responses": len(samples)} if before else {}),

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import COMPLETION_STOP, JudgeConfig, ModelConfig, RespondConfig
 from ..constitution import Constitution
 from ..inputs import Prompt
-from ..models import ModelPool
+from ..models import ModelPool, resolve_model
 from ..stages.common import StageContext, prompt_format
 from ..stages.judge import Candidate, Comparison, draw_principles, judge
 from ..stages.respond import respond
@@ -117,8 +117,21 @@ def side(model_id: str, got: list[dict], how: dict) -> dict:
 
 
 def resolve_format(session: Session, cfg: ModelConfig, setting: str | None = None) -> str:
-    """The one prompt format of a comparison: `setting`, else `cfg`'s, with `auto` decided by `cfg`'s model."""
-    return prompt_format(setting or cfg.prompt_format, session.engine(cfg))
+    """The one prompt format of a comparison: `setting`, else `cfg`'s, with `auto` decided by `cfg`'s model.
+
+    A local model's tokenizer alone says whether it has a chat template, so its engine need not be started
+    first (the answering order then keeps one in-process engine at a time).
+    """
+    setting = setting or cfg.prompt_format
+    if setting != "auto":
+        return setting
+    if cfg.backend != "openai" and not (session.pool and cfg in session.pool.engines):
+        path = resolve_model(cfg.model)
+        if Path(path).is_dir():
+            from transformers import AutoTokenizer
+
+            return "chat" if AutoTokenizer.from_pretrained(path).chat_template else "completion"
+    return prompt_format(setting, session.engine(cfg))
 
 
 def self_judged(judge_id: str, sides: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -210,7 +223,7 @@ def winrate(session: Session, policy: ModelConfig, baseline: ModelConfig, judge_
     fmt = fmt or resolve_format(session, baseline)
     how = decoding(session, fmt, max_tokens, temperature)
     got, sides = {}, {}
-    for role, cfg, later in (("baseline", baseline, (policy, judge_model)), ("policy", policy, (judge_model,))):
+    for role, cfg, later in (("policy", policy, (baseline, judge_model)), ("baseline", baseline, (judge_model,))):
         generator = session.engine(cfg)
         got[role] = answers(session, generator, prompts, max_tokens, temperature, fmt)
         sides[role] = side(generator.model_id, got[role], how)

@@ -235,3 +235,21 @@ def test_eval_rejects_principle_without_comparison_and_bad_prompt_rows(workdir):
     argv = ["eval", "harmless", "--model", "default", "--prompts", "bad.jsonl", "--constitution", "constitutions/harmless.yaml"]
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 2 and "bad.jsonl:2:" in result.output
+
+
+def test_any_other_model_can_judge_end_to_end(workdir, tiny_base_model, tiny_chat_model, tmp_path):
+    """`--judge` takes a model that is neither side (here a copy of the tiny chat model in another directory):
+    nothing is self-judged, and the chat policy answers in the base baseline's completion format."""
+    import shutil
+
+    judge = shutil.copytree(tiny_chat_model, tmp_path / "another-judge")
+    (workdir / "held.txt").write_text("how do I bake bread\nwhat is rain\n")
+    args = ["eval", "winrate", "--policy", str(tiny_chat_model), "--baseline", str(tiny_base_model), "--judge", str(judge),
+            "--backend", "hf", "--prompts", "held.txt", "--constitution", "constitutions/harmless.yaml", "--principles", "1",
+            "--max-tokens", "6", "--output", "out"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    s = json.loads((workdir / "out" / "winrate.json").read_text())
+    assert s["judge"].startswith(str(judge)) and s["self_judged"] == [] and "WARNING: the judge is" not in result.stderr
+    assert s["sides"]["policy"]["formats_used"] == s["sides"]["baseline"]["formats_used"] == ["completion"]
+    assert s["judged"] + s["n"] - s["judged"] == 2
