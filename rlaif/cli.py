@@ -58,12 +58,20 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
     click.echo(f"run directory: {p.run_dir}")
     for name, rows in (("sft", c["sft_rows"]), ("prefs", c["pref_rows"])):
         click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
+    from .chain import stage_output
+
     for method, m in c.get("train", {}).items():
-        click.echo(f"  {method:<6}{m['steps']:>5} steps {p.run_dir / method}/  (train loss {m['train_loss']:.4f})")
+        click.echo(f"  {method:<6}{m['steps']:>5} steps {stage_output(p.pipeline, p.run_dir, method)}/  "
+                   f"(train loss {m['train_loss']:.4f})")
     for name, r in c.get("eval", {}).items():
-        value, what = (r["win_rate"], "win rate over the start") if "win_rate" in r else (r["rate"], "acceptable")
+        value, what = (r["win_rate"], "win rate over the start") if "win_rate" in r else (r["rate"], "harmless")
         shown = "n/a" if value is None else f"{value:.3f}" + (f" [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r["ci95"] else "")
-        click.echo(f"  eval  {name:<16} {what} {shown}  {p.run_dir / 'eval' / name}.json")
+        judged = f", judged by the {' and '.join(r['self_judged'])} model itself" if r.get("self_judged") else ""
+        alike = "on both sides" if "win_rate" in r else "as for every model"
+        click.echo(f"  eval  {name:<16} {what} {shown} ({r.get('prompt_format')} format {alike}{judged})  "
+                   f"{p.run_dir / 'eval' / name}.json")
+    for warning in info.get("warnings", []):
+        click.echo(f"WARNING: {warning}", err=True)
     if info.get("report"):
         click.echo(f"report: {info['report']}")
 

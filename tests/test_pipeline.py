@@ -35,7 +35,7 @@ def test_run_writes_run_directory(workdir, tiny_base_model):
 
 
 def test_sft_and_prefs_rows(workdir, tiny_chat_model):
-    pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model)
+    pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, drop_degenerate="false")  # random weights: every revision is cut off
     assert _run("run", pipe).exit_code == 0
     run_dir = workdir / "outputs" / "test"
     sft = datasets.load_from_disk(str(run_dir / "sft"))
@@ -58,7 +58,7 @@ def test_dpo_trains_on_exported_prefs(workdir, tiny_chat_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    assert _run("run", write_pipeline(workdir / "p.yaml", tiny_chat_model)).exit_code == 0
+    assert _run("run", write_pipeline(workdir / "p.yaml", tiny_chat_model, drop_degenerate="false")).exit_code == 0
     prefs = datasets.load_from_disk(str(workdir / "outputs" / "test" / "prefs"))
     assert len(prefs) > 0
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_model)
@@ -78,7 +78,7 @@ def test_judge_with_real_logprobs(workdir, model, request):
     """A real (tiny) model through the hf backend: labels are probabilities read from its option tokens. A random
     model spreads its next token over the whole vocabulary, so the option-mass check is off here."""
     stages = ("stages:\n  respond: {n: 2, max_tokens: 8}\n  critique: {rounds: 1, max_tokens: 8}\n"
-              "  judge: {principles_per_comparison: 2, min_option_mass: 0}\n")
+              "  judge: {principles_per_comparison: 2, min_option_mass: 0, drop_ties: false}\n")
     pipe = write_pipeline(workdir / "p.yaml", request.getfixturevalue(model), stages=stages, limit=3, few_shot=1, drop_degenerate="false")
     assert _run("run", pipe).exit_code == 0
     run_dir = workdir / "outputs" / "test"

@@ -48,6 +48,36 @@ def test_export_formats_and_card(run_dir, tmp_path, fmt, files):
     assert f"of {judged['orders_scored']} scored orders,\n0 had P(A) + P(B) below `min_option_mass`" in card
 
 
+def test_card_shows_the_pair_counts(run_dir, tmp_path):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["export", str(run_dir), "--format", "jsonl", "--out", str(out)]).exit_code == 0
+    card = (out / "README.md").read_text()
+    pairs = json.loads((run_dir / "run.json").read_text())["counts"]["pairs"]
+    assert f"**{pairs['duplicates_merged']} duplicates merged**" in card and f"**{pairs['conflicts']} conflicts**" in card
+    assert "tie 0" in card and "label_source" in card
+
+
+def test_export_merges_the_duplicate_pairs_of_an_older_run(run_dir, tmp_path):
+    """F7: a prefs/ made before pairs were merged lists a pair twice, the second time swapped (a score pair);
+    `rlaif export` writes one row per pair_id, the judge's label kept and the disagreement marked."""
+    from rlaif.export import PREF_FEATURES, write_dataset
+
+    prefs = list(datasets.load_from_disk(str(run_dir / "prefs")))
+    old = [{k: v for k, v in r.items() if k not in ("label_source", "signals", "conflict")} | dict.fromkeys(
+        ("label_source", "signals", "conflict")) for r in prefs]
+    twin = old[0] | {"pair_type": "best_vs_worst", "chosen": old[0]["rejected"], "rejected": old[0]["chosen"],
+                     "p_chosen": None, "margin": 0.3, "score_chosen": 7.0, "score_rejected": 4.3}
+    write_dataset(old + [twin], PREF_FEATURES, run_dir, "prefs")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["export", str(run_dir), "--format", "jsonl", "--out", str(out)]).exit_code == 0
+    rows = [json.loads(x) for x in (out / "prefs.jsonl").read_text().splitlines()]
+    assert len(rows) == len({r["pair_id"] for r in rows}) == len(prefs)
+    merged = next(r for r in rows if r["pair_id"] == prefs[0]["pair_id"])
+    assert merged["chosen"] == prefs[0]["chosen"] and merged["p_chosen"] == pytest.approx(prefs[0]["p_chosen"])
+    assert merged["signals"] == ["judge", "score"] and merged["conflict"] is True and merged["label_source"] == "judge"
+    assert (merged["score_chosen"], merged["score_rejected"]) == (4.3, 7.0)  # the scores follow their answers
+
+
 def test_for_annotation(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["export", str(run_dir), "--for-annotation", str(tmp_path / "ann.csv")], catch_exceptions=False)
     assert result.exit_code == 0, result.output

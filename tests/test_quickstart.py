@@ -30,4 +30,9 @@ def test_quickstart_on_vllm(workdir):
     assert list((out / "report").glob("figures-*/fig-labels.png"))
     win = json.loads((out / "eval" / "winrate-dpo.json").read_text())  # the DPO policy judged against the start
     assert win["prompts"] == 2 and win["judged"] + (win["n"] - win["judged"]) == 2 and "eval  winrate-dpo" in proc.stdout
+    # like with like: the DPO model (chat template saved by training) answers in the start's completion format
+    assert win["sides"]["policy"]["formats_used"] == win["sides"]["baseline"]["formats_used"] == ["completion"]
+    assert win["sides"]["policy"]["stop"] == win["sides"]["baseline"]["stop"] and win["self_judged"] == ["baseline"]
+    prefs = [json.loads(x) for x in (out / "prefs.jsonl").read_text().splitlines()]
+    assert len(prefs) == len({r["pair_id"] for r in prefs}) and "pairs" in info["counts"]
     assert list((out / "report").glob("figures-*/fig-eval.png"))

@@ -41,15 +41,19 @@ def synthetic_run(path: Path, full: bool = True) -> Path:
     """A run directory as the pipeline, merge-human, training and evaluation leave it; `full=False`: run.json only."""
     rng = random.Random(0)
     counts = {"revision_problems": {"echoes_request": 2}, "prompts": 4, "responses": 8, "critique_rounds": 8, "sft_rows": 4, "pref_rows": 12,
-              "judge": {"comparisons": 10, "dropped": {"tie": 1, "inconsistent": 0}}, "score": {"ratings": 8, "mean_score": 5.5},
+              "judge": {"comparisons": 10, "dropped": {"no_label": 1}}, "score": {"ratings": 8, "mean_score": 5.5},
+              "pairs": {"rows_in": 14, "pairs": 12, "duplicates_merged": 2, "conflicts": 1, "label_source": {"judge": 8, "score": 4},
+                        "dropped": {"tie": 1, "inconsistent": 0, "low_margin": 0, "truncated_chosen": 0}},
               "train": {"dpo": {"steps": 3, "train_loss": 0.69}}}
-    _write(path / "run.json", {"name": "synthetic", "status": "complete", "seed": 7, "seconds": 12.5, "rlaif_version": "0.1.0",
-                               "constitution": {"path": "constitutions/harmless.yaml", "name": "harmless", "sha256": "ab" * 32},
-                               "prompts": {"path": "data/prompts.jsonl", "count": 4},
-                               "models": {"policy": "tiny-policy", "judge": "tiny-judge"},
-                               "config": {"stages": {"respond": {"n": 2}}}, "counts": counts, "versions": {"python": "3.11"}})
+    info = {"name": "synthetic", "status": "complete", "seed": 7, "seconds": 12.5, "rlaif_version": "0.1.0",
+            "constitution": {"path": "constitutions/harmless.yaml", "name": "harmless", "sha256": "ab" * 32},
+            "prompts": {"path": "data/prompts.jsonl", "count": 4}, "models": {"policy": "tiny-policy", "judge": "tiny-judge"},
+            "config": {"stages": {"respond": {"n": 2}}}, "counts": counts, "versions": {"python": "3.11"}}
+    _write(path / "run.json", info)
     if not full:
         return path
+    _write(path / "run.json", info | {"warnings": ["the judge's position consistency is 0.17 (below 0.6): its two orders agree "
+                                                   "little more often than chance"]})
     _write(path / "judge_stats.json", {"overall": _stats(rng), "per_principle": {p: _stats(rng) for p in PRINCIPLES}})
     prefs = []
     for i in range(12):
@@ -89,7 +93,8 @@ def synthetic_run(path: Path, full: bool = True) -> Path:
     grpo = [{"loss": 0.01 * s, "reward": 0.2 * s, "kl": 0.001 * s} for s in range(1, 5)]  # no step key: TRL's rows as kept
     _write(path / "grpo" / "rlaif_train.json", {"method": "grpo", "metrics": {"steps": 4, "train_loss": 0.02, "history": grpo}})
     _write(path / "eval" / "winrate.json", {"kind": "winrate", **_rate(rng, "win_rate"), "wins": 20, "losses": 12, "ties": 8,
-                                            "per_principle": {p: _rate(rng, "win_rate") for p in PRINCIPLES}})
+                                            "per_principle": {p: _rate(rng, "win_rate") for p in PRINCIPLES},
+                                            "warnings": ["the judge is the baseline model itself (tiny-policy): self-preference"]})
     _write(path / "eval" / "harmless.json", {"kind": "harmless", **_rate(rng, "rate")})
     _write(path / "eval" / "reward-model.json", {"kind": "reward-model", **_rate(rng, "accuracy")})
     _write(path / "eval" / "kl.json", {"kind": "kl", "kl": 0.31, "per_principle": {p: {"kl": 0.3} for p in PRINCIPLES}})
@@ -134,6 +139,11 @@ def test_full_report(tmp_path):
     # reward-hacking warnings: in the banner at the top and in their section
     assert "reward-hacking watch: ppo, step 8: reward up, judge win rate down" in head
     assert "ppo, step 8: reward up" in sections["watch"]
+    # the run's own warnings (a judge near chance) and an evaluation's (self-preference) are at the top too
+    assert "the judge&#39;s position consistency is 0.17 (below 0.6)" in head
+    assert "evaluation: winrate: the judge is the baseline model itself" in head
+    for text in ('<div class="n">2</div><div class="k">duplicate pairs merged</div>', "pair conflicts", "ties dropped"):
+        assert text in head, text
     # data is escaped, never markup
     assert HOSTILE not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in html
 
@@ -141,7 +151,8 @@ def test_full_report(tmp_path):
 def test_tables_hold_the_numbers(tmp_path):
     html = write_report(synthetic_run(tmp_path / "run")).read_text()
     s = _sections(html)
-    assert "<td class=\"s\">best_vs_worst</td>" in s["labels"] and "Pairs dropped by the judge stage" in s["labels"]
+    assert "<td class=\"s\">best_vs_worst</td>" in s["labels"] and "Comparisons without a label" in s["labels"]
+    assert "Pairs merged into one row each (run.json counts.pairs)" in s["labels"] and "duplicates_merged" in s["labels"]
     assert all(p in s["judge"] for p in PRINCIPLES) and "position_consistency" in s["judge"]
     assert "Confusion, overall" in s["human"] and "invalid verdict" in s["human"] and "pair0" in s["human"]
     assert "human-overrides" in s["human"] and "merged.jsonl" in s["human"]
@@ -294,7 +305,8 @@ def test_pipeline_ends_with_the_report(workdir, tiny_base_model):
     from .conftest import write_pipeline
 
     stages = "stages:\n  respond: {n: 2, max_tokens: 8}\n  critique: {rounds: 1, max_tokens: 8}\n  report: {}\n"
-    pipe = write_pipeline(workdir / "p.yaml", tiny_base_model, stages=stages, limit=2)
+    pipe = write_pipeline(workdir / "p.yaml", tiny_base_model, stages=stages, limit=2,
+                          drop_degenerate="false")  # random weights: every revision runs to max_tokens
     result = CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     page = Path("outputs/test/report/report.html")

@@ -115,3 +115,50 @@ def test_degenerate_revisions_are_dropped_and_counted(workdir, scripted, monkeyp
     info = json.loads((workdir / "outputs" / "test" / "run.json").read_text())
     assert info["counts"]["pref_rows"] == 0 and info["counts"]["no_usable_revision"] == 2
     assert info["counts"]["revision_problems"] == {"echoes_request": 2}
+
+
+def test_a_later_round_is_never_built_on_a_degenerate_revision(workdir, scripted, monkeypatch):
+    """F10: round 1 echoes a revision request; round 2 must revise the initial answer, not the echo.
+
+    Round 2 also answers with a chat critic's preamble, which is stripped from the SFT target.
+    """
+    from rlaif.constitution import load_constitution
+    from rlaif.store import Store
+
+    (workdir / "p.txt").write_text("Hi\n")
+    stages = "stages:\n  respond: {n: 2}\n  critique: {rounds: 2}\n"
+    pipe = write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages)
+    echo = load_constitution(workdir / "constitutions" / "harmless.yaml").principle("protect-privacy").revision
+    batches = []
+
+    def generate(self, requests, progress=None):
+        out = []
+        revising = requests[0].prompt.endswith("Revision:")
+        if revising:
+            batches.append(1)
+        for i, r in enumerate(requests):
+            answer = r.prompt.rsplit("Assistant: ", 1)[1].split("\n\nCritiqueRequest:")[0]
+            if not revising:
+                text = "a critique" if r.prompt.endswith("Critique:") else f"initial answer {i}"
+            else:
+                text = echo if len(batches) == 1 else f"Here is a revised response: better({answer})"
+            out.append(Completion(tuple(Output(text if revising or r.prompt.endswith("Critique:") else f"{text}-{k}", 3)
+                                        for k in range(r.sampling.n)), 5))
+        return out
+
+    monkeypatch.setattr(Scripted, "generate", generate)
+    assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
+    run_dir = workdir / "outputs" / "test"
+    prefs = [json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()]
+    assert len(prefs) == 2
+    for row in prefs:
+        initial = row["rejected"][0]["content"]
+        assert row["chosen"][0]["content"] == f"better({initial})"  # built on the initial answer, preamble stripped
+        assert row["rounds"] == 1 and len(row["principles"]) == 1
+    store = Store(run_dir / "records.sqlite")
+    rounds = [json.loads(d) for (d,) in store.db.execute("SELECT data FROM records WHERE stage = 'critique'")]
+    store.close()
+    assert sorted(r["round"] for r in rounds) == [1, 1, 2, 2]
+    assert all(r["input"].startswith("initial answer") for r in rounds)  # round 2's input is the last usable answer
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["counts"]["revision_problems"] == {"echoes_request": 2}

@@ -44,10 +44,13 @@ def summary(run: RunDir) -> dict:
     judge = counts.get("judge") if isinstance(counts.get("judge"), dict) else {}
     score = counts.get("score") if isinstance(counts.get("score"), dict) else {}
     train = counts.get("train") if isinstance(counts.get("train"), dict) else {}
+    pairs = counts.get("pairs") if isinstance(counts.get("pairs"), dict) else {}
+    ties = pairs.get("dropped", {}).get("tie") if isinstance(pairs.get("dropped"), dict) else None
     cards = [("prompts", counts.get("prompts")), ("responses", counts.get("responses")),
              ("critique rounds", counts.get("critique_rounds")), ("SFT rows", counts.get("sft_rows")),
              ("preference rows", counts.get("pref_rows")), ("judge comparisons", judge.get("comparisons")),
-             ("ratings", score.get("ratings")),
+             ("ratings", score.get("ratings")), ("duplicate pairs merged", pairs.get("duplicates_merged")),
+             ("pair conflicts", pairs.get("conflicts")), ("ties dropped", ties),
              *((f"{method} steps", m.get("steps")) for method, m in train.items() if isinstance(m, dict))]
     return {"name": str(info.get("name") or run.path.name), "facts": [(k, cell(v)) for k, v in facts if v is not None],
             "cards": [(k, cell(v)) for k, v in cards if v is not None]}
@@ -69,11 +72,14 @@ def details(run: RunDir, out: Path) -> dict:
 
 
 def warnings(run: RunDir, sections: list[dict]) -> list[str]:
-    """What a reader must see first: an unfinished run, reward-hacking warnings, files that could not be read."""
+    """What a reader must see first: an unfinished run, the run's warnings (a judge near chance), the sections' (reward
+    hacking, self-judged or unreliable evaluations), files that could not be read."""
     out = []
     if run.info.get("status") != "complete":
         out.append(f"the run is not complete (status: {run.info.get('status')}); the report shows what exists so far")
-    out += [f"reward-hacking watch: {w}" for s in sections for w in s["warnings"]]
+    run_warnings = run.info.get("warnings")
+    out += [str(w) for w in run_warnings] if isinstance(run_warnings, list) else []  # e.g. a judge near chance
+    out += [f"{s['title'].lower()}: {w}" for s in sections for w in s["warnings"]]
     out += [f"could not read {p}" for p in run.problems]
     return out
 

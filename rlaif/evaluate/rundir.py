@@ -87,13 +87,22 @@ class RunDir:
             self._problem(path, None, f"{bad - MAX_PROBLEMS_PER_FILE} more bad lines skipped")
         return rows
 
+    def method_dir(self, method: str) -> str:
+        """A training method's output directory in the run (sft: sft-model; sft/ of an older run if it holds the model)."""
+        from ..chain import OUTPUT_DIRS
+
+        name = OUTPUT_DIRS.get(method, method)
+        if not (self.path / name).is_dir() and (self.path / method / "rlaif_train.json").is_file():
+            return method
+        return name
+
     def training_methods(self) -> list[str]:
         """Training methods with an output directory in the run, in pipeline order."""
-        return [m for m in Stages.TRAINING if (self.path / m).is_dir()]
+        return [m for m in Stages.TRAINING if (self.path / self.method_dir(m)).is_dir()]
 
     def log_history(self, method: str) -> list[dict] | None:
         """TRL's log_history from the newest checkpoint's trainer_state.json (or the one saved beside the model)."""
-        base = self.path / method
+        base = self.path / self.method_dir(method)
         checkpoints = sorted((int(m.group(1)), d) for d in base.glob("checkpoint-*")
                              if (m := re.fullmatch(r"checkpoint-(\d+)", d.name)) and (d / "trainer_state.json").is_file())
         candidates = [d / "trainer_state.json" for _, d in reversed(checkpoints)] + [base / "trainer_state.json"]

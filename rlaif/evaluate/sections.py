@@ -87,7 +87,9 @@ def labels(run: RunDir, out: Path) -> dict:
         tables.append(records("Example pairs (the first 8)", examples))
     dropped = _mapping(_mapping(run.info.get("counts")).get("judge")).get("dropped")
     if isinstance(dropped, dict):
-        tables.append(key_values("Pairs dropped by the judge stage (run.json counts.judge.dropped)", dropped))
+        tables.append(key_values("Comparisons without a label (run.json counts.judge.dropped)", dropped))
+    if pairs := _mapping(_mapping(run.info.get("counts")).get("pairs")):  # one row per pair: merged, conflicts, ties
+        tables.append(key_values("Pairs merged into one row each (run.json counts.pairs)", pairs))
     return section("labels", "Preference labels", figures=figures, tables=tables)
 
 
@@ -182,7 +184,7 @@ def human(run: RunDir, out: Path) -> dict:
 
 def _history(run: RunDir, method: str, metrics: dict) -> list[dict]:
     """Per-step rows: PPO's history file, else TRL's log_history, else what rlaif_train.json kept."""
-    if method == "ppo" and (rows := run.jsonl(f"{method}/ppo_history.jsonl")):
+    if method == "ppo" and (rows := run.jsonl(f"{run.method_dir(method)}/ppo_history.jsonl")):
         return rows
     if rows := run.log_history(method):
         return rows
@@ -208,7 +210,8 @@ def training(run: RunDir, out: Path) -> dict:
         return section("training", "Training", "not present (no training output directory: sft, reward, dpo, grpo, rloo, ppo)")
     figures, tables = [], []
     for method in methods:
-        record = run.json(f"{method}/rlaif_train.json") or {}
+        where = run.method_dir(method)
+        record = run.json(f"{where}/rlaif_train.json") or {}
         metrics = _mapping(record.get("metrics"))
         history = _history(run, method, metrics)
         panels = [{"title": f"{method}: {title}", "lines": lines}
@@ -217,18 +220,18 @@ def training(run: RunDir, out: Path) -> dict:
         if panels:
             figures.append(figure(plots.curves(out / f"fig-train-{method}.png", panels), f"{method}: training curves"))
         if not record:
-            tables.append(table(f"{method}", [], [], note=f"no {method}/rlaif_train.json: the training did not finish"))
+            tables.append(table(f"{method}", [], [], note=f"no {where}/rlaif_train.json: the training did not finish"))
             continue
         scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         scalars |= {k: record[key] for k, key in (("model", "model_id"), ("seconds", "seconds")) if record.get(key) is not None}
-        tables.append(key_values(f"{method}: metrics ({method}/rlaif_train.json)", scalars))
+        tables.append(key_values(f"{method}: metrics ({where}/rlaif_train.json)", scalars))
         tables.append(key_values(f"{method}: settings", _mapping(record.get("config"))))
     return section("training", "Training", figures=figures, tables=tables)
 
 
 def watch(run: RunDir, out: Path) -> dict:
     """Reward-hacking watch during RL: reward, judge win rate and KL over steps; every warning listed."""
-    found = [(m, rows) for m in run.training_methods() if (rows := run.jsonl(f"{m}/watch.jsonl"))]
+    found = [(m, rows) for m in run.training_methods() if (rows := run.jsonl(f"{run.method_dir(m)}/watch.jsonl"))]
     if not found:
         return section("watch", "Reward-hacking watch", "not present (no <method>/watch.jsonl)")
     figures, tables, warnings = [], [], []
@@ -241,7 +244,7 @@ def watch(run: RunDir, out: Path) -> dict:
         if panels:
             figures.append(figure(plots.curves(out / f"fig-watch-{method}.png", panels, marks),
                                   f"{method}: reward vs judge win rate vs KL (dotted red: a warning)"))
-        tables.append(records(f"{method}: checks ({method}/watch.jsonl)", rows,
+        tables.append(records(f"{method}: checks ({run.method_dir(method)}/watch.jsonl)", rows,
                               first=("step", "reward", "judge_win_rate", "kl", "warning")))
     intro = "Reward hacking shows as reward going up while the judge's win rate falls and KL grows."
     return section("watch", "Reward-hacking watch", intro=intro, warnings=warnings, figures=figures, tables=tables)
@@ -262,7 +265,7 @@ def evaluation(run: RunDir, out: Path) -> dict:
     results = run.evals()
     if not results:
         return section("eval", "Evaluation", "not present (no eval/*.json)")
-    figures, tables, points = [], [], []
+    figures, tables, points, warnings = [], [], [], []
     for i, (name, result) in enumerate(results):
         kind = result.get("kind", "unknown kind")
         title = name if kind == name else f"{name} ({kind})"
@@ -275,6 +278,7 @@ def evaluation(run: RunDir, out: Path) -> dict:
             figures.append(figure(plots.intervals(file, f"{title} per principle", list(heads),
                                                   [h[1] for h in heads.values()], [h[2] for h in heads.values()]),
                                   f"{title}: per principle, with 95% intervals"))
+        warnings += [f"{name}: {w}" for w in result.get("warnings") or [] if isinstance(w, str)]
         tables.append(key_values(f"{title} (eval/{name}.json)", result, skip=("per_principle",)))
         if per:
             tables.append(records(f"{title}: per principle", [{"principle": p} | r for p, r in sorted(per.items())]))
@@ -282,7 +286,7 @@ def evaluation(run: RunDir, out: Path) -> dict:
         figures.insert(0, figure(plots.intervals(out / "fig-eval.png", "evaluation results", [p[0] for p in points],
                                                  [p[1] for p in points], [p[2] for p in points]),
                                  "Win rates and rates with 95% intervals (dashed: 0.5)"))
-    return section("eval", "Evaluation", figures=figures, tables=tables)
+    return section("eval", "Evaluation", figures=figures, tables=tables, warnings=warnings)
 
 
 SECTIONS = (sft, labels, judge_bias, scores, human, training, watch, evaluation)

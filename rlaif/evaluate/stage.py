@@ -6,7 +6,6 @@ harmless-<method>.json(l); the records to <run>/eval/eval.sqlite, so a rerun reu
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -50,8 +49,13 @@ def check(pipeline) -> None:
 
 
 def run_eval(p, reporter) -> dict:
-    """Win rate of each trained policy over the starting model (and harmlessness when asked); summaries by file name."""
-    from .winrate import Session, harmless, winrate
+    """Win rate of each trained policy over the starting model (and harmlessness when asked); summaries by file name.
+
+    Every answer, the start's and each trained policy's, is written in the start's prompt format with the same stop
+    strings and decoding (a trained model would otherwise run in the chat format its saved template gives it).
+    """
+    from ..pipeline import trained_model
+    from .winrate import Session, harmless, resolve_format, winrate
 
     pipeline, cfg = p.pipeline, p.pipeline.stages.eval
     out = p.run_dir / "eval"
@@ -59,23 +63,29 @@ def run_eval(p, reporter) -> dict:
     session = Session(p.constitution, Store(out / "eval.sqlite"), p.templates, pipeline.seed, reporter,
                       few_shot=pipeline.few_shot)
     start = pipeline.models.policy
-    local = start if start.backend != "openai" else replace(start, backend="vllm", model="default")
     judge_settings = pipeline.stages.judge
     prompts = load_prompts(_path(pipeline, cfg.prompts), cfg.limit)
     results, policies = {}, eval_policies(pipeline)
     try:
+        fmt = resolve_format(session, start)
         for method in policies:
-            trained = replace(local, model=str(p.run_dir / method))
-            reporter.print(f"eval: {method} ({trained.model}) against the start on {len(prompts)} held-out prompts")
+            trained = trained_model(pipeline, p.run_dir, method)
+            reporter.print(f"eval: {method} ({trained.model}) against the start on {len(prompts)} held-out prompts, "
+                           f"both in {fmt} format")
             s = winrate(session, trained, start, pipeline.judge, prompts, out, cfg.max_tokens, cfg.temperature, cfg.principles,
-                        cfg.tie_band, judge_settings, name=f"winrate-{method}")
-            results[f"winrate-{method}"] = {k: s[k] for k in ("win_rate", "ci95", "wins", "ties", "losses", "judged")}
+                        cfg.tie_band, judge_settings, name=f"winrate-{method}", fmt=fmt)
+            results[f"winrate-{method}"] = {k: s[k] for k in ("win_rate", "ci95", "wins", "ties", "losses", "judged",
+                                                              "prompt_format", "self_judged", "warnings")}
         if cfg.harmless:
             red = load_prompts(_path(pipeline, cfg.harmless), cfg.limit)
-            for name, model in [("start", start)] + [(m, replace(local, model=str(p.run_dir / m))) for m in policies]:
+            for name, model in [("start", start)] + [(m, trained_model(pipeline, p.run_dir, m)) for m in policies]:
                 s = harmless(session, model, pipeline.judge, red, out, cfg.threshold, cfg.max_tokens, cfg.temperature,
-                             cfg.principles, name=f"harmless-{name}")
-                results[f"harmless-{name}"] = {k: s[k] for k in ("rate", "ci95", "acceptable", "rated")}
+                             name=f"harmless-{name}", fmt=fmt)
+                results[f"harmless-{name}"] = {k: s[k] for k in ("rate", "ci95", "harmless", "rated", "prompt_format",
+                                                                 "self_judged", "warnings")}
     finally:
         session.close()
+    for name, r in results.items():
+        for warning in r["warnings"]:
+            reporter.print(f"[bold red]WARNING[/] eval {name}: {warning}")
     return results

@@ -4,7 +4,9 @@ Every `every` steps the policy answers a fixed set of held-out prompts greedily;
 answer with the starting policy's answer (both orders, the judge stage) and gives a win rate. A warning is
 logged and recorded when, across the last `window` checks, the training reward rose while the judge win
 rate fell by at least `min_winrate_drop`, or when the training KL passed `kl_bound`. One row per check goes
-to OUTPUT_DIR/watch.jsonl: {step, reward, judge_win_rate, ci95, kl, warning}.
+to OUTPUT_DIR/watch.jsonl: {step, reward, judge_win_rate, ci95, kl, warning, format, stop}. The start's answers and
+every check's are written in one prompt format (the training tokenizer's, decided once at the start) with the
+same stop strings and greedy decoding.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 
 from ..backends.hf import HFGenerator, eos_ids
 from ..config import JudgeConfig
+from ..stages.common import prompt_format
 from ..store import Store
-from .winrate import Session, answers, compare, win_rates
+from .winrate import Session, answers, compare, decoding, win_rates
 
 
 def hacking_warning(history: list[dict], window: int, min_drop: float, kl_bound: float | None) -> str | None:
@@ -77,15 +80,18 @@ class Watch:
         self._rewards: list[float] = []
         self._kls: list[float] = []
         self.next_check = cfg.every
+        self.format: str | None = None  # pinned at begin(): the start and every check answer alike
 
     def _answers(self, model, name: str) -> list[dict]:
         generator = LiveGenerator(model, self.tokenizer, name)
-        return answers(self.session, generator, self.prompts, self.cfg.max_new_tokens, 0.0)
+        self.format = self.format or prompt_format("auto", generator)
+        return answers(self.session, generator, self.prompts, self.cfg.max_new_tokens, 0.0, self.format)
 
     def begin(self, model) -> None:
         """The starting policy's answers: what every later check is compared with."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("")
+        self.format = None
         self.reference = self._answers(model, "start")
         self.log(f"watch: {len(self.prompts)} prompts, judged every {self.cfg.every} steps against the starting policy")
 
@@ -106,8 +112,9 @@ class Watch:
         judged = compare(self.session, self.judge, self.prompts, current, self.reference, self.judge_cfg)
         overall, _, _ = win_rates(self.prompts, current, self.reference, judged, tie_band=0.05, seed=self.session.seed)
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        how = decoding(self.session, self.format, self.cfg.max_new_tokens, 0.0)
         row = {"step": step, "reward": mean(self._rewards), "judge_win_rate": overall["win_rate"], "ci95": overall["ci95"],
-               "kl": mean(self._kls), "warning": None}
+               "kl": mean(self._kls), "warning": None, "format": how["format"], "stop": how["stop"]}
         self.history.append(row)
         row["warning"] = hacking_warning(self.history, self.cfg.window, self.cfg.min_winrate_drop, self.cfg.kl_bound)
         with self.path.open("a") as f:

@@ -19,7 +19,8 @@ from ..errors import UserError
 from ..export import PREF_FEATURES, pair_id, write_dataset
 from ..guard import read_run_json
 from ..lock import run_lock
-from ..publish import load_run, read_order
+from ..pairs import oriented
+from ..publish import load_run, read_order, unique_pairs
 from ..store import readable
 from .read import Reject, read_labels
 
@@ -28,6 +29,16 @@ MERGED_FEATURES = datasets.Features(
     {**PREF_FEATURES, "human_votes": datasets.Value("int64"), "human_majority": datasets.Value("string"),
      "annotator_agreement": datasets.Value("float64"), "ai_human_conflict": datasets.Value("bool")}
 )
+
+
+def ai_confidence(row: dict) -> float:
+    """How sure the AI label is that `chosen` wins: p_chosen, else (1 + margin) / 2, else 1 (an unjudged revision pair).
+
+    The same rule as rlaif.train.confidences, so the weighted policy mixes the confidence training would use.
+    """
+    if row.get("p_chosen") is not None:
+        return row["p_chosen"]
+    return (1 + row["margin"]) / 2 if row.get("margin") is not None else 1.0
 
 
 def _canon(chosen: str, rejected: str) -> str:
@@ -140,10 +151,10 @@ def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weig
 
 def _merge(run_dir: Path, files: list[str], policy: str, weight: float, strict: bool, argilla_question: str | None) -> dict:
     info, found = load_run(run_dir)
-    rows_in = list(found["prefs"]) if "prefs" in found else []
-    prefs: dict[str, dict] = {}  # pair_id -> its first row; one pair can appear as several pair types
-    for row in rows_in:
+    prefs: dict[str, dict] = {}  # pair_id -> its row; runs before pairs were merged could list a pair twice
+    for row in (unique_pairs(found["prefs"]) if "prefs" in found else []):
         prefs.setdefault(row["pair_id"], row)
+    rows_in = list(prefs.values())  # one merged row per pair, whatever the run's prefs/ held
     order = read_order(run_dir / "annotation_order.json")
     votes, rejects = [], []
     for f in files:
@@ -183,7 +194,7 @@ def _merge(run_dir: Path, files: list[str], policy: str, weight: float, strict: 
         p = share
         if policy == "weighted":
             votes_first = sum(1.0 if s == "first" else 0.5 if s == "tie" else 0.0 for s in by_pair[pid]) / len(by_pair[pid])
-            ai_p = row["p_chosen"] if row["p_chosen"] is not None else 1.0
+            ai_p = ai_confidence(row)
             ai_first = ai_p if ai_side == "first" else 1 - ai_p
             mixed = weight * votes_first + (1 - weight) * ai_first
             winner, p = ("first", mixed) if mixed > 0.5 else ("second", 1 - mixed) if mixed < 0.5 else ("tie", 0.5)
@@ -191,10 +202,13 @@ def _merge(run_dir: Path, files: list[str], policy: str, weight: float, strict: 
             dropped["human_tie"] += 1
             continue
         texts = sorted([row["chosen"][-1]["content"], row["rejected"][-1]["content"]])
-        chosen, rejected = (texts[0], texts[1]) if winner == "first" else (texts[1], texts[0])
-        rows.append(row | {"chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}],
-                           "source": "both", "p_chosen": p, "margin": abs(2 * p - 1), "human_votes": len(by_pair[pid]),
-                           "human_majority": human, "annotator_agreement": share, "ai_human_conflict": human != "tie" and human != ai_side})
+        conflict = human != "tie" and human != ai_side
+        # the human signal joins the pair's others; the columns (scores too) follow the chosen answer
+        rows.append(oriented(row, texts[0] if winner == "first" else texts[1]) | {
+            "source": "both", "p_chosen": p, "margin": abs(2 * p - 1), "human_votes": len(by_pair[pid]),
+            "label_source": "weighted" if policy == "weighted" else "human", "signals": [*(row.get("signals") or []), "human"],
+            "conflict": bool(row.get("conflict")) or conflict,
+            "human_majority": human, "annotator_agreement": share, "ai_human_conflict": conflict})
     for pid, pair in new_pairs.items():
         human, share = majority(by_pair[pid])
         if human == "tie":
@@ -205,6 +219,7 @@ def _merge(run_dir: Path, files: list[str], policy: str, weight: float, strict: 
         rows.append({k: None for k in MERGED_FEATURES} | {
             "prompt": pair["prompt"], "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}],
             "source": "human", "pair_type": "human", "principles": [], "p_chosen": share, "margin": abs(2 * share - 1), "pair_id": pid,
+            "label_source": "human", "signals": ["human"], "conflict": False,
             "constitution_sha256": info["constitution"]["sha256"], "seed": info["seed"], "human_votes": len(by_pair[pid]),
             "human_majority": human, "annotator_agreement": share, "ai_human_conflict": None})
     report = agreement(items) | {"policy": policy, "weight": weight if policy == "weighted" else None}

@@ -7,6 +7,7 @@ from dataclasses import replace
 from ..backends.base import Request, Sampling
 from ..config import COMPLETION_STOP, CritiqueConfig
 from ..constitution import Principle
+from ..quality import clean_revision
 from ..store import record_key
 from .common import StageContext, chunks, derive_seed, few_shot_examples, prompt_format
 
@@ -37,8 +38,19 @@ def revision_request(ctx: StageContext, fmt: str, messages: list, answer: str, c
     return Request(prompt=text, sampling=s)
 
 
-def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueConfig, format_setting: str = "auto") -> dict[str, list[dict]]:
-    """Every round of every response, by response key; a round revises the previous round's revision."""
+def _nonempty(rnd: dict, previous: str, messages: list) -> str | None:
+    return None if clean_revision(rnd["revision"]) else "empty"
+
+
+def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueConfig, format_setting: str = "auto",
+             problem=None) -> dict[str, list[dict]]:
+    """Every round of every response, by response key; a round revises the last *usable* revision.
+
+    `problem(round_record, previous_answer, messages)` says why a revision is unusable (None: usable; default:
+    only an empty one is unusable). A later round is never built on an unusable revision: its input stays the
+    last usable answer (preamble stripped) and its key chains on that answer's record, not on the bad round's.
+    """
+    problem = problem or _nonempty
     fmt = prompt_format(format_setting, generator)
     stop = cfg.stop if cfg.stop is not None else (COMPLETION_STOP if fmt == "completion" else ())
     settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": list(stop)}
@@ -83,6 +95,7 @@ def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueC
         for r, _, key, answer in plan:
             rec = records[key] | {"key": key}
             history[r["key"]].append(rec)
-            # an empty revision is kept in the records but the next round works on the last real answer
-            state[r["key"]] = (key, rec["revision"] or answer)
+            # an unusable revision is kept in the records, but the next round works on the last usable answer
+            if problem(rec, answer, r["messages"]) is None:
+                state[r["key"]] = (key, clean_revision(rec["revision"]))
     return history

@@ -83,6 +83,7 @@ def test_ppo_with_the_watch(tmp_path, tiny_chat_model, tiny_reward_model, prompt
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "watch.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["judge_win_rate"] <= 1 for r in rows)
     assert all(r["reward"] is not None and r["kl"] is not None for r in rows)
+    assert all(r["format"] == "chat" and r["stop"] == [] for r in rows)  # the start and every check answer alike
     record = json.loads((tmp_path / "ppo" / "rlaif_train.json").read_text())
     assert record["metrics"]["watch"]["checks"] == 2
     assert [h["judge_win_rate"] for h in record["metrics"]["history"]] == [r["judge_win_rate"] for r in rows]
