@@ -17,7 +17,7 @@ from .conftest import write_pipeline
 TRL = "{trl: {max_steps: 1, per_device_train_batch_size: 2, max_length: 64, logging_steps: 1}}"
 
 
-def _stages(dpo: str = f"{{model: sft, trl: {TRL[6:-1]}}}", judge: str = "{revisions: false, drop_ties: false}") -> str:
+def _stages(dpo: str = f"{{model: sft, trl: {TRL[6:-1]}}}", judge: str = "{revisions: false, drop_ties: false, min_option_mass: 0}") -> str:
     return (f"stages:\n  respond: {{n: 2, max_tokens: 8}}\n  critique: {{rounds: 1, max_tokens: 8}}\n  sft: {TRL}\n"
             f"  judge: {judge}\n  dpo: {dpo}\n")
 
