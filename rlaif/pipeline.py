@@ -270,6 +270,22 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
+def check_pairs_left(p: Plan, methods: list[str], counts: dict) -> None:
+    """A pair-trained stage on this run's pairs when none survived: say why (from the counts), not only "no rows"."""
+    users = [m for m in methods if m in ("dpo", "reward") and "dataset" not in (getattr(p.pipeline.stages, m) or {})]
+    if not users or counts["pref_rows"]:
+        return
+    dropped = {k: v for k, v in counts.get("pairs", {}).get("dropped", {}).items() if v}
+    why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()) or "no pair was labelled"
+    judge = p.pipeline.stages.judge
+    hint = (f"; ties are labels within tie_band {judge.tie_band} of 0.5: keep them as weak pairs with "
+            "stages.judge.drop_ties: false, or judge with a stronger model (models.judge)") if dropped.get("tie") and judge else ""
+    consistency = counts.get("judge", {}).get("overall", {}).get("position_consistency")
+    seen = f" (the judge's position consistency is {consistency:.2f})" if consistency is not None else ""
+    raise UserError(f"stages.{users[0]}: no preference pairs to train on: {why}{seen}{hint}; the datasets are in {p.run_dir}",
+                    *p.pipeline.where(f"stages.{users[0]}"))
+
+
 @guarded  # the run directory's lock for the whole run; a failure of any kind is recorded in run.json
 def run(p: Plan, reporter: Reporter | None = None) -> dict:
     """Run the stages of a validated plan; stored records are reused, so a rerun resumes."""
@@ -331,6 +347,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     _write_json(run_dir / "run.json", info)
     store.close()
     if rest := [m for m in training_stages(pipeline) if m not in before]:
+        check_pairs_left(p, rest, info["counts"])
         trained |= run_training(p, reporter, rest)
     if trained:
         info["counts"]["train"] = {m: trained[m] for m in training_stages(pipeline)}

@@ -87,3 +87,19 @@ def test_cai_order_sft_then_pairs_from_the_sft_model_then_dpo_from_sft(workdir, 
     assert store.count("respond") == 12  # the SFT model's samples were reused: its weights did not change
     store.close()
     assert json.loads((run_dir / "run.json").read_text())["models"]["pairs_from"] == sampler
+
+
+def test_dpo_with_every_pair_a_tie_says_why_and_keeps_the_datasets(workdir, tiny_base_model):
+    """A random tiny judge's labels all sit within tie_band of 0.5: DPO has nothing to train on. The run stops with
+    one line that names the ties and how to keep them (it said only "dataset ... has no rows"), the datasets written."""
+    stages = ("stages:\n  respond: {n: 2, max_tokens: 4}\n"
+              "  judge: {revisions: false, min_option_mass: 0, tie_band: 0.5}\n  dpo: " + TRL + "\n")
+    pipe = write_pipeline(workdir / "p.yaml", tiny_base_model, stages=stages, limit=2, drop_degenerate="false")
+    result = CliRunner().invoke(main, ["run", str(pipe)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]  # after the judge's diagnostics table and its warning
+    assert line.startswith(f"{pipe}:") and "Traceback" not in result.output, result.output
+    assert "stages.dpo: no preference pairs to train on: 2 tie" in line and "drop_ties: false" in line, line
+    run_dir = workdir / "outputs" / "test"
+    assert (run_dir / "sft.jsonl").read_text() and (run_dir / "prefs.jsonl").read_text() == ""
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
