@@ -12,8 +12,6 @@ interrupted evaluation resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,18 +26,10 @@ from ..stages.judge import Candidate, Comparison, draw_principles, judge
 from ..stages.respond import respond
 from ..store import Store
 from ..templates import Templates
+from ..versions import weights_fingerprint
 from .stats import bootstrap_ci
 
 CONSISTENCY_WARNING = 0.6  # position consistency below this: the judge's verdicts are close to chance
-
-
-def weights_fingerprint(model: str) -> str | None:
-    """Names, sizes and modification times of a local model directory's files, hashed; None for anything else."""
-    path = Path(model).expanduser()
-    if model == "default" or not path.is_dir():
-        return None
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:8]
 
 
 class _Quiet:
