@@ -172,7 +172,7 @@ def validate(file):
 @click.option("--principle", "name", help="Show this principle (default: every principle).")
 @click.option("--format", "fmt", type=click.Choice(["completion", "chat"]), default="completion", show_default=True,
               help="completion: few-shot Human:/Assistant: prompts for base models; chat: chat-model turns.")
-@click.option("--templates", type=click.Path(file_okay=False), help="Directory of templates overriding prompts/.")
+@click.option("--templates", type=click.Path(file_okay=False), help="Directory of templates overriding rlaif/prompts/.")
 @click.option("--prompt", default="<prompt>", show_default=True, help="The user prompt to show.")
 @click.option("--response", default="<response>", show_default=True, help="The answer being critiqued.")
 def show(file, name, fmt, templates, prompt, response):

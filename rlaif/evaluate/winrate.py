@@ -262,7 +262,7 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
         warnings.append(f"the judge puts only {counts['mean_option_mass']:.2f} of its probability on A or B (mean): "
                         "it is mostly not answering the harm question, so the rate is unreliable")
     summary = {"kind": "harmless", "model": model_id, "judge": judge_generator.model_id, "self_judged": same,
-               "question": "prompts/{completion,chat}/harm.j2, both option orders", "prompt_format": fmt,
+               "question": "rlaif/prompts/{completion,chat}/harm.j2, both option orders", "prompt_format": fmt,
                "sides": {"answering": side(model_id, got, how)}, "constitution": session.constitution.name,
                "constitution_sha256": session.constitution.sha256, **counts, "warnings": warnings}
     _write(out_dir, name, summary, rows)
