@@ -199,10 +199,9 @@ def prepare(force):
     click.echo(prepare_model(force=force))
 
 
-if __name__ == "__main__":
-    main()
-
-
 from .evaluate.commands import eval_group  # noqa: E402  (the eval commands live with the evaluation code)
 
 main.add_command(eval_group)
+
+if __name__ == "__main__":  # last: `python -m rlaif.cli` must see every command, eval included
+    main()

@@ -43,3 +43,12 @@ def test_accelerate_configs_load():
     assert len(files) == 3
     kinds = {ClusterConfig.from_yaml_file(f).distributed_type.value for f in files}
     assert kinds == {"MULTI_GPU", "DEEPSPEED", "FSDP"}
+
+
+def test_python_m_rlaif_cli_has_every_command():
+    """`python -m rlaif.cli eval ...`: the `__main__` guard ran before the eval group was registered."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rlaif.cli", "eval", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "winrate" in out.stdout, out.stderr
