@@ -40,7 +40,12 @@ def main():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline setting, e.g. stages.respond.n=4.")
 @click.option("--force", is_flag=True, help="Write into the output directory even if it is not a run of this pipeline.")
 def run(pipeline, constitution, prompts, limit, output, overrides, force):
-    """Run PIPELINE: respond, critique and revise, then export SFT and preference datasets.
+    """Run PIPELINE: the stages its `stages:` block names, in this order (docs/architecture.md).
+
+    respond (n answers per prompt), critique (critique and revision rounds: the SFT data), judge (pairwise AI
+    preference labels) and score (1-10 ratings); the SFT and preference datasets are exported to the run
+    directory; then the training stages sft, reward, dpo, grpo, rloo and ppo, eval (each trained policy against
+    the starting model on held-out prompts) and report (one HTML page of the run).
 
     Rerunning the same command resumes: finished records are reused, missing ones generated. A directory that is
     not empty and not a run of this pipeline (by its run.json's name) is refused unless --force.

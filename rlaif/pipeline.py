@@ -1,4 +1,4 @@
-"""Run a pipeline file: validate every input, then the stages in order, resumably, then export."""
+"""Run a pipeline file: validate every input, then the data stages in order (resumably), the export, training, eval, report."""
 
 from __future__ import annotations
 

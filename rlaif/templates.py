@@ -167,7 +167,3 @@ class Templates:
         for name in names:
             h.update(name.encode() + b"\0" + Path(self.get(name).filename).read_bytes() + b"\0")
         return h.hexdigest()
-
-    def path(self, name: str) -> str:
-        """The file a template name resolves to."""
-        return self.get(name).filename
