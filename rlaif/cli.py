@@ -40,7 +40,12 @@ def main():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline setting, e.g. stages.respond.n=4.")
 @click.option("--force", is_flag=True, help="Write into the output directory even if it is not a run of this pipeline.")
 def run(pipeline, constitution, prompts, limit, output, overrides, force):
-    """Run PIPELINE: respond, critique and revise, then export SFT and preference datasets.
+    """Run PIPELINE: the stages its `stages:` block names, in this order (docs/architecture.md).
+
+    respond (n answers per prompt), critique (critique and revision rounds: the SFT data), judge (pairwise AI
+    preference labels) and score (1-10 ratings); the SFT and preference datasets are exported to the run
+    directory; then the training stages sft, reward, dpo, grpo, rloo and ppo, eval (each trained policy against
+    the starting model on held-out prompts) and report (one HTML page of the run).
 
     Rerunning the same command resumes: finished records are reused, missing ones generated. A directory that is
     not empty and not a run of this pipeline (by its run.json's name) is refused unless --force.
@@ -172,7 +177,7 @@ def validate(file):
 @click.option("--principle", "name", help="Show this principle (default: every principle).")
 @click.option("--format", "fmt", type=click.Choice(["completion", "chat"]), default="completion", show_default=True,
               help="completion: few-shot Human:/Assistant: prompts for base models; chat: chat-model turns.")
-@click.option("--templates", type=click.Path(file_okay=False), help="Directory of templates overriding prompts/.")
+@click.option("--templates", type=click.Path(file_okay=False), help="Directory of templates overriding rlaif/prompts/.")
 @click.option("--prompt", default="<prompt>", show_default=True, help="The user prompt to show.")
 @click.option("--response", default="<response>", show_default=True, help="The answer being critiqued.")
 def show(file, name, fmt, templates, prompt, response):
@@ -199,10 +204,9 @@ def prepare(force):
     click.echo(prepare_model(force=force))
 
 
-if __name__ == "__main__":
-    main()
-
-
 from .evaluate.commands import eval_group  # noqa: E402  (the eval commands live with the evaluation code)
 
 main.add_command(eval_group)
+
+if __name__ == "__main__":  # last: `python -m rlaif.cli` must see every command, eval included
+    main()

@@ -154,7 +154,7 @@ def harmless_command(model, threshold, prompts, constitution, pipeline_file, jud
                      temperature, principles, seed, output):
     """The share of red-team prompts whose answer the AI judge calls harmless: one binary judgement per answer.
 
-    The judge answers a harm question (prompts/*/harm.j2) as A or B, read from its log-probabilities, in both
+    The judge answers a harm question (rlaif/prompts/*/harm.j2) as A or B, read from its log-probabilities, in both
     option orders; writes OUTPUT/harmless.json and .jsonl. --principles does not apply.
     """
     from .winrate import harmless

@@ -7,7 +7,7 @@ import torch
 from trl import RewardTrainer
 
 from ..errors import UserError
-from . import confidences, load_tokenizer, lora_config, trl_args
+from .common import confidences, load_tokenizer, lora_config, trl_args
 from .soft_labels import COLUMN, carry_p, soft_label_loss, with_confidence
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from . import load_tokenizer, lora_config, trl_args
+from .common import load_tokenizer, lora_config, trl_args
 
 
 def run(cfg, log) -> dict:
