@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, replace
@@ -260,14 +259,12 @@ def rl_phase(ctx, p: Plan, fmt: str, responses: list[dict], revision_pairs: list
 
 
 def _quiet_libraries() -> None:
-    """Our progress bars say what is happening; the libraries' own bars and warnings would bury them."""
+    """Our progress bars say what is happening; the libraries' own bars would bury them (their logs go to run.log)."""
     import datasets
     from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 @guarded  # the run directory's lock for the whole run; a failure of any kind is recorded in run.json

@@ -14,9 +14,11 @@ from ..config import resolve_path
 from ..errors import UserError
 from ..lock import lock_owner
 from ..models import DEFAULT_MODEL_ID
+from ..runlog import capture
 from ..templates import DEFAULT_DIR
 
 CHAT_TEMPLATE = DEFAULT_DIR / "training" / "chat_template.jinja"
+LOG_NAME = "train.log"
 COLUMNS = {"sft": ("prompt", "completion"), "reward": ("prompt", "chosen", "rejected"), "dpo": ("prompt", "chosen", "rejected"),
            "grpo": ("prompt",), "rloo": ("prompt",), "ppo": ("prompt",)}
 
@@ -24,13 +26,14 @@ COLUMNS = {"sft": ("prompt", "completion"), "reward": ("prompt", "chosen", "reje
 def train(cfg, log=print) -> dict:
     """Run the trainer that `cfg.method` names; its metrics also go to OUTPUT_DIR/rlaif_train.json.
 
-    An output_dir inside a run directory (outputs/quickstart/dpo) holds that run's lock meanwhile (rlaif.lock).
+    An output_dir inside a run directory (outputs/quickstart/dpo) holds that run's lock meanwhile (rlaif.lock). What the
+    libraries print goes to OUTPUT_DIR/train.log (inside `rlaif run`: to the run's run.log; rlaif.runlog).
     """
     from . import dpo, online, reward, sft
 
     start = time.time()
     runners = {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "grpo": online.run, "rloo": online.run, "ppo": online.run_ppo}
-    with lock_owner(cfg.output_dir):
+    with lock_owner(cfg.output_dir), capture(Path(cfg.output_dir) / LOG_NAME):
         metrics = runners[cfg.method](cfg, log)
     model_id = DEFAULT_MODEL_ID if cfg.model == "default" else cfg.model  # "default" alone would not say which weights
     record = {"method": cfg.method, "model_id": model_id, "config": {k: v for k, v in asdict(cfg).items() if k != "lines"},
@@ -82,7 +85,8 @@ def trl_args(cls, cfg, **extra):
     """The TRL config: CPU-friendly defaults, then the file's `trl` block, then what rlaif derives (`extra`)."""
     import torch
 
-    defaults = {"report_to": []}  # no wandb/tensorboard surprises
+    # no wandb/tensorboard surprises; no tqdm bar: `progress_callback` prints one line per logging step instead
+    defaults = {"report_to": [], "disable_tqdm": True}
     if torch.cuda.is_available():
         defaults["bf16"] = torch.cuda.is_bf16_supported()
     else:
@@ -91,6 +95,23 @@ def trl_args(cls, cfg, **extra):
         return cls(**{**defaults, **cfg.trl, **extra, "output_dir": cfg.output_dir})
     except (TypeError, ValueError) as e:  # TRL's own __post_init__ checks on values
         raise UserError(f"trl: {e}", *cfg.where("trl")) from None
+
+
+SHOWN_METRICS = ("loss", "grad_norm", "reward", "rewards/accuracies", "kl", "eval_loss", "eval_accuracy")
+
+
+def progress_callback(method: str, log):
+    """A TRL callback that turns each of the trainer's log dicts into one short line through `log` (the dict itself
+    is printed by transformers' PrinterCallback into the log file)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = [f"{k} {v:.4g}" for k, v in (logs or {}).items() if k in SHOWN_METRICS and isinstance(v, (int, float))]
+            if shown:
+                log(f"{method} step {state.global_step}/{state.max_steps}: {', '.join(shown)}")
+
+    return Progress()
 
 
 def load_tokenizer(path: str, log):
