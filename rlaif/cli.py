@@ -24,22 +24,27 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: finished records are saved; run the same command again to resume", err=True)
             sys.exit(130)
-        except Exception as e:
-            log_file = getattr(e, "log_file", None)  # set by rlaif.runlog.capture: the traceback is in that log
-            if log_file is None:
-                raise
-            from .guard import failure_reason
-            from .redact import redact
 
-            click.echo(redact(f"error: {failure_reason(e)}"), err=True)
-            click.echo(f"the traceback and the libraries' output are in {log_file}", err=True)
-            sys.exit(1)
+
+def crash_report(kind, error, tb, fallback=sys.__excepthook__) -> None:
+    """`sys.excepthook` of the command: a crash whose traceback a log holds (`log_file`, set by rlaif.runlog.capture)
+    is two lines on stderr, the error and where the log is; any other is Python's usual traceback. Exit status 1."""
+    log_file = getattr(error, "log_file", None)
+    if log_file is None:
+        return fallback(kind, error, tb)
+    from .guard import failure_reason
+    from .redact import redact
+
+    click.echo(redact(f"error: {failure_reason(error)}"), err=True)
+    click.echo(f"the traceback and the libraries' output are in {log_file}", err=True)
 
 
 @click.group(cls=Group)
 @click.version_option(package_name="rlaif")
 def main():
     """rlaif: turn prompts and a constitution into aligned-model training data, with no human labellers."""
+    # the exception itself still propagates (callers and tests see it); only its printing at the top is short
+    sys.excepthook = crash_report
 
 
 @main.command()

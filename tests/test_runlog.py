@@ -190,17 +190,38 @@ def test_verbose_shows_the_library_output(workdir, tiny_chat_model, capfd, monke
     capfd.readouterr()
 
 
-def test_a_library_crash_is_one_line_and_names_the_log(workdir, tiny_chat_model, capfd, monkeypatch, quiet):
+def test_a_library_crash_is_logged_and_carries_the_log(workdir, tiny_chat_model, capfd, monkeypatch, quiet):
+    """The exception still propagates (callers see it); its traceback is in run.log, and it names that log."""
     from .conftest import write_pipeline
 
     _noisy_engines(monkeypatch, RuntimeError("CPU Generator does not use offset"))
     result = _cli("run", write_pipeline(workdir / "p.yaml", tiny_chat_model))
     log = workdir / "outputs" / "test" / "run.log"
-    assert result.exit_code == 1
-    assert result.stderr.splitlines() == ["error: RuntimeError: CPU Generator does not use offset",
-                                          "the traceback and the libraries' output are in outputs/test/run.log"]
-    assert "Traceback" in log.read_text() and "Traceback" not in result.output
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+    assert result.exception.log_file == log.relative_to(workdir)
+    assert "Traceback" in log.read_text() and "RuntimeError: CPU Generator does not use offset" in log.read_text()
+    assert result.output == ""
     capfd.readouterr()
+
+
+def test_the_command_prints_a_logged_crash_in_two_lines(workdir, tiny_chat_model, tmp_path):
+    """A real library crash (transformers reading a damaged weights file) in a real `rlaif run` process."""
+    import shutil
+    import subprocess
+
+    from .conftest import ROOT, write_pipeline
+
+    broken = shutil.copytree(tiny_chat_model, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    pipe = write_pipeline(workdir / "p.yaml", broken, stages="stages:\n  respond: {n: 1, max_tokens: 4}\n", limit=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "rlaif", "run", str(pipe)], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=600)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    assert lines[1] == "the traceback and the libraries' output are in outputs/test/run.log"
+    assert "Traceback" in (workdir / "outputs" / "test" / "run.log").read_text()
 
 
 def test_a_user_error_during_the_run_stays_one_line_exit_2(workdir, tiny_chat_model, capfd, monkeypatch, quiet):
