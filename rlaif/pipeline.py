@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -237,14 +236,12 @@ def rl_phase(ctx, p: Plan, fmt: str, responses: list[dict], revision_pairs: list
 
 
 def _quiet_libraries() -> None:
-    """Our progress bars say what is happening; the libraries' own bars and warnings would bury them."""
+    """Our progress bars say what is happening; the libraries' own bars would bury them (their logs go to run.log)."""
     import datasets
     from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 def check_pairs_left(p: Plan, methods: list[str], counts: dict) -> None:

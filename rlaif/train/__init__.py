@@ -11,18 +11,22 @@ from ..lock import lock_owner
 from ..models import DEFAULT_MODEL_ID
 from ..versions import versions
 from .common import confidences, load_tokenizer  # noqa: F401  (public as rlaif.train.confidences, rlaif.train.load_tokenizer)
+from ..runlog import capture
+
+LOG_NAME = "train.log"
 
 
 def train(cfg, log=print) -> dict:
     """Run the trainer that `cfg.method` names; its metrics also go to OUTPUT_DIR/rlaif_train.json.
 
-    An output_dir inside a run directory (outputs/quickstart/dpo) holds that run's lock meanwhile (rlaif.lock).
+    An output_dir inside a run directory (outputs/quickstart/dpo) holds that run's lock meanwhile (rlaif.lock). What the
+    libraries print goes to OUTPUT_DIR/train.log (inside `rlaif run`: to the run's run.log; rlaif.runlog).
     """
     from . import dpo, online, reward, sft
 
     start = time.time()
     runners = {"sft": sft.run, "reward": reward.run, "dpo": dpo.run, "grpo": online.run, "rloo": online.run, "ppo": online.run_ppo}
-    with lock_owner(cfg.output_dir):
+    with lock_owner(cfg.output_dir), capture(Path(cfg.output_dir) / LOG_NAME):
         metrics = runners[cfg.method](cfg, log)
     model_id = DEFAULT_MODEL_ID if cfg.model == "default" else cfg.model  # "default" alone would not say which weights
     record = {"method": cfg.method, "model_id": model_id, "config": {k: v for k, v in asdict(cfg).items() if k != "lines"},

@@ -59,7 +59,8 @@ def trl_args(cls, cfg, **extra):
     """The TRL config: CPU-friendly defaults, then the file's `trl` block, then what rlaif derives (`extra`)."""
     import torch
 
-    defaults = {"report_to": []}  # no wandb/tensorboard surprises
+    # no wandb/tensorboard surprises; no tqdm bar: `progress_callback` prints one line per logging step instead
+    defaults = {"report_to": [], "disable_tqdm": True}
     if torch.cuda.is_available():
         defaults["bf16"] = torch.cuda.is_bf16_supported()
     else:
@@ -68,6 +69,23 @@ def trl_args(cls, cfg, **extra):
         return cls(**{**defaults, **cfg.trl, **extra, "output_dir": cfg.output_dir})
     except (TypeError, ValueError) as e:  # TRL's own __post_init__ checks on values
         raise UserError(f"trl: {e}", *cfg.where("trl")) from None
+
+
+SHOWN_METRICS = ("loss", "grad_norm", "reward", "rewards/accuracies", "kl", "eval_loss", "eval_accuracy")
+
+
+def progress_callback(method: str, log):
+    """A TRL callback that turns each of the trainer's log dicts into one short line through `log` (the dict itself
+    is printed by transformers' PrinterCallback into the log file)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = [f"{k} {v:.4g}" for k, v in (logs or {}).items() if k in SHOWN_METRICS and isinstance(v, (int, float))]
+            if shown:
+                log(f"{method} step {state.global_step}/{state.max_steps}: {', '.join(shown)}")
+
+    return Progress()
 
 
 def load_tokenizer(path: str, log):

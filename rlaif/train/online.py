@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import load_tokenizer, lora_config, trl_args
+from .common import load_tokenizer, lora_config, progress_callback, trl_args
 
 
 def reward_function(cfg, log, as_callable: bool = False):
@@ -52,11 +52,11 @@ def run(cfg, log) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     reward, pool = reward_function(cfg, log)
     watch, watch_pool = _watch(cfg, tokenizer, reward, log)
-    callbacks = None
+    callbacks = [progress_callback(cfg.method, log)]
     if watch:
         from ..evaluate.watch import trl_callback
 
-        callbacks = [trl_callback(watch)]
+        callbacks.append(trl_callback(watch))
     try:
         trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=peft_config, callbacks=callbacks)
