@@ -14,6 +14,7 @@ from pathlib import Path
 from . import atomic
 from .errors import UserError, UserErrors
 from .schema import YamlMap
+from .versions import weights_fingerprint
 
 POLICY_STAGES = ("sft", "dpo", "grpo", "rloo", "ppo")  # stages whose output is a policy (reward's is a reward model)
 OUTPUT_DIRS = {"sft": "sft-model"}  # <run>/sft is the SFT *dataset*: a model saved there was deleted by the next export
@@ -23,6 +24,13 @@ def stage_output(pipeline, run_dir: Path, method: str) -> Path:
     """Where a training stage writes its model: its `output_dir`, else <run>/<method> (<run>/sft-model for sft)."""
     block = getattr(pipeline.stages, method) or {}
     return Path(block["output_dir"]) if block.get("output_dir") else run_dir / OUTPUT_DIRS.get(method, method)
+
+
+def trained_model(pipeline, run_dir: Path, method: str):
+    """The model config of a training stage's output: the policy's engine settings, a local backend."""
+    start = pipeline.models.policy
+    local = start if start.backend != "openai" else replace(start, backend="vllm", model="default", base_url=None)
+    return replace(local, model=str(stage_output(pipeline, run_dir, method)))
 
 
 def training_stages(pipeline) -> list[str]:
@@ -125,7 +133,6 @@ def check_pairs_from(pipeline, run_dir: Path) -> list[str]:
 
 def run_training(p, reporter, methods: list[str]) -> dict:
     """Train `methods` in order; a stage whose config, data and starting weights did not change is skipped."""
-    from .evaluate.winrate import weights_fingerprint
     from .train import train
 
     results = {}

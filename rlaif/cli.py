@@ -7,6 +7,7 @@ import sys
 import click
 
 from .errors import UserError
+from .runlog import verbose_option
 
 
 class Group(click.Group):
@@ -25,10 +26,25 @@ class Group(click.Group):
             sys.exit(130)
 
 
+def crash_report(kind, error, tb, fallback=sys.__excepthook__) -> None:
+    """`sys.excepthook` of the command: a crash whose traceback a log holds (`log_file`, set by rlaif.runlog.capture)
+    is two lines on stderr, the error and where the log is; any other is Python's usual traceback. Exit status 1."""
+    log_file = getattr(error, "log_file", None)
+    if log_file is None:
+        return fallback(kind, error, tb)
+    from .guard import failure_reason
+    from .redact import redact
+
+    click.echo(redact(f"error: {failure_reason(error)}"), err=True)
+    click.echo(f"the traceback and the libraries' output are in {log_file}", err=True)
+
+
 @click.group(cls=Group)
 @click.version_option(package_name="rlaif")
 def main():
     """rlaif: turn prompts and a constitution into aligned-model training data, with no human labellers."""
+    # the exception itself still propagates (callers and tests see it); only its printing at the top is short
+    sys.excepthook = crash_report
 
 
 @main.command()
@@ -39,11 +55,18 @@ def main():
 @click.option("--output", help="Run directory (default outputs/<name>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline setting, e.g. stages.respond.n=4.")
 @click.option("--force", is_flag=True, help="Write into the output directory even if it is not a run of this pipeline.")
+@verbose_option
 def run(pipeline, constitution, prompts, limit, output, overrides, force):
-    """Run PIPELINE: respond, critique and revise, then export SFT and preference datasets.
+    """Run PIPELINE: the stages its `stages:` block names, in this order (docs/architecture.md).
+
+    respond (n answers per prompt), critique (critique and revision rounds: the SFT data), judge (pairwise AI
+    preference labels) and score (1-10 ratings); the SFT and preference datasets are exported to the run
+    directory; then the training stages sft, reward, dpo, grpo, rloo and ppo, eval (each trained policy against
+    the starting model on held-out prompts) and report (one HTML page of the run).
 
     Rerunning the same command resumes: finished records are reused, missing ones generated. A directory that is
-    not empty and not a run of this pipeline (by its run.json's name) is refused unless --force.
+    not empty and not a run of this pipeline (by its run.json's name) is refused unless --force. What the libraries
+    print (vLLM, transformers, TRL, warnings) is appended to RUN/run.log; -v shows it too.
     """
     from .config import load_pipeline
     from .pipeline import plan
@@ -116,6 +139,7 @@ def report_command(run_dir, output):
               help="weighted: the human vote's share of the mixed label.")
 @click.option("--strict", is_flag=True, help="Any bad row is fatal (exit 2) and nothing is merged.")
 @click.option("--argilla-question", help="Argilla exports: the question holding the verdicts (default: the first answered).")
+@verbose_option
 def merge_human_command(run_dir, labels, policy, weight, strict, argilla_question):
     """Merge human LABELS (verdict files, TRL preference files, Argilla exports) into RUN_DIR.
 
@@ -136,16 +160,19 @@ def merge_human_command(run_dir, labels, policy, weight, strict, argilla_questio
 @click.argument("method", type=click.Choice(["sft", "reward", "dpo", "grpo", "rloo", "ppo"]))
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. trl.max_steps=10.")
+@verbose_option
 def train_command(method, config, overrides):
     """Train a model: sft, reward, dpo, grpo, rloo (TRL) or ppo (rlaif's own), as CONFIG says (docs/training.md).
 
-    CONFIG is checked whole before any weights load; the model, tokenizer and rlaif_train.json go to its output_dir.
+    CONFIG is checked whole before any weights load; the model, tokenizer and rlaif_train.json go to its output_dir,
+    what the libraries print to OUTPUT_DIR/train.log (-v shows it too).
     """
+    from .runlog import echo
     from .train import train
     from .train.config import load_train_config
 
     cfg = load_train_config(config, method, list(overrides))
-    m = train(cfg, log=click.echo)
+    m = train(cfg, log=echo)
     accuracy = m.get("eval_accuracy")
     held_out = f", held-out accuracy {accuracy:.3f} on {m['eval_pairs']} pairs" if accuracy is not None else ""
     click.echo(f"{method}: {m['steps']} steps, train loss {m['train_loss']:.4f}{held_out}")
@@ -172,7 +199,7 @@ def validate(file):
 @click.option("--principle", "name", help="Show this principle (default: every principle).")
 @click.option("--format", "fmt", type=click.Choice(["completion", "chat"]), default="completion", show_default=True,
               help="completion: few-shot Human:/Assistant: prompts for base models; chat: chat-model turns.")
-@click.option("--templates", type=click.Path(file_okay=False), help="Directory of templates overriding prompts/.")
+@click.option("--templates", type=click.Path(file_okay=False), help="Directory of templates overriding rlaif/prompts/.")
 @click.option("--prompt", default="<prompt>", show_default=True, help="The user prompt to show.")
 @click.option("--response", default="<response>", show_default=True, help="The answer being critiqued.")
 def show(file, name, fmt, templates, prompt, response):
@@ -199,10 +226,9 @@ def prepare(force):
     click.echo(prepare_model(force=force))
 
 
-if __name__ == "__main__":
-    main()
-
-
 from .evaluate.commands import eval_group  # noqa: E402  (the eval commands live with the evaluation code)
 
 main.add_command(eval_group)
+
+if __name__ == "__main__":  # last: `python -m rlaif.cli` must see every command, eval included
+    main()

@@ -201,7 +201,7 @@ class Pipeline:
     seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # numpy (inside vLLM and TRL) takes no other seeds
     limit: PositiveInt | None = None  # use only the first N prompts
     output: str | None = None  # run directory; default outputs/<name>
-    templates: str | None = None  # a directory whose templates override prompts/
+    templates: str | None = None  # a directory whose templates override rlaif/prompts/
     few_shot: NonNegativeInt | None = None  # use only the first N few-shot examples of the constitution
     batch_size: PositiveInt = 64  # requests per generate call; also how much a crash can lose
     drop_degenerate: bool = True  # keep revisions that echo a request or the prompt, copy an example, loop or were cut off out of the datasets

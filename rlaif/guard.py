@@ -22,13 +22,15 @@ from . import atomic
 from .config import Stages
 from .errors import UserError
 from .lock import LOCK_NAME, run_lock
+from .runlog import capture
 
+LOG_NAME = "run.log"  # what the libraries said during the run (rlaif.runlog); appended, never exported
 STORE_FILES = ("records.sqlite", "records.sqlite-wal", "records.sqlite-shm", "records.sqlite-journal")
 # what rlaif itself keeps in a run directory; exports and reports must never be written over these
 RUN_ENTRIES = frozenset({
     "run.json", *STORE_FILES, "sft", "sft.jsonl", "prefs", "prefs.jsonl", "merged", "merged.jsonl", "judge_stats.json",
     "scores.jsonl", "human_agreement.json", "human_rejects.jsonl", "annotation_order.json", "report", "eval",
-    LOCK_NAME, atomic.PENDING, *Stages.TRAINING,
+    LOCK_NAME, LOG_NAME, atomic.PENDING, *Stages.TRAINING,
 })
 
 
@@ -83,7 +85,7 @@ def check_run_dir(run_dir: Path, pipeline, force: bool = False) -> None:
             entries = {e.name for e in run_dir.iterdir()}
         except OSError as e:
             raise UserError(f"the run directory cannot be read ({e.strerror})", str(run_dir)) from None
-        foreign = entries - {LOCK_NAME, *STORE_FILES}
+        foreign = entries - {LOCK_NAME, LOG_NAME, *STORE_FILES}  # what a run killed before its run.json leaves
         hint = "choose another `output:` / --output, or pass --force to write into it anyway"
         if foreign and not force:
             if "run.json" not in entries:
@@ -149,11 +151,12 @@ def record_failure(path: Path, before: bytes | None, error: BaseException) -> No
 
 
 def guarded(run):
-    """Decorator for `pipeline.run`: hold the run directory's lock throughout; record any failure in run.json."""
+    """Decorator for `pipeline.run`: hold the run directory's lock throughout, library output appended to RUN/run.log
+    under it; record any failure in run.json."""
 
     @functools.wraps(run)
     def wrapper(p, *args, **kwargs):
-        with run_lock(p.run_dir):
+        with run_lock(p.run_dir), capture(p.run_dir / LOG_NAME):
             path = p.run_dir / "run.json"
             before = _read(path)
             try:

@@ -81,10 +81,11 @@ def print_judge_stats(console, stats: dict) -> None:
     from rich.table import Table
 
     table = Table(title="judge diagnostics", title_justify="left")
-    columns = {"judgements": "n", "position_consistency": "orders agree", "first_position_win_rate": "A wins",
-               "longer_chosen_rate": "longer wins", "label_mean": "mean p", "parse_failure_rate": "unparsed"}
-    table.add_column("principle", overflow="fold")
-    for header in [*columns.values(), "option mass"]:
+    # short headers: at a non-terminal's 80 columns, long ones squeezed the principle column to nothing
+    columns = {"judgements": "n", "position_consistency": "agree", "first_position_win_rate": "A wins",
+               "longer_chosen_rate": "longer", "label_mean": "mean p", "parse_failure_rate": "unparsed"}
+    table.add_column("principle", overflow="fold", min_width=16)
+    for header in [*columns.values(), "mass"]:
         table.add_column(header, justify="right", no_wrap=True)
     rows = [("overall", stats["overall"])] + list(stats["per_principle"].items())
     for name, s in rows:

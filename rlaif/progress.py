@@ -7,12 +7,15 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .runlog import TERMINAL
+
 
 class Reporter:
     """One live progress display per run; each generation phase gets its own bar."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        # TERMINAL: the command's own stderr, also while descriptors 1 and 2 go to the run's log (rlaif.runlog)
+        self.console = console or Console(file=TERMINAL)
         self.progress = Progress(
             TextColumn("{task.description:<18}"),
             BarColumn(),
@@ -20,6 +23,8 @@ class Reporter:
             TextColumn("{task.fields[tokens]:>7} tok  {task.fields[rate]:>7.1f} tok/s"),
             TimeElapsedColumn(),
             console=self.console,
+            redirect_stdout=False,  # a library's print belongs in the log, not above the bars
+            redirect_stderr=False,
         )
 
     def __enter__(self):
@@ -27,7 +32,12 @@ class Reporter:
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.progress.tasks:
+            self.progress.stop()
+        else:  # nothing was shown: Progress.stop would still end with an empty line (above an error message)
+            self.progress.live.transient = True
+            self.progress.live.stop()
+            self.progress.live.transient = False  # the next stage's bars stay
 
     def task(self, description: str, total: int):
         """A new bar; returns the callback a generator calls with (requests done, new tokens)."""
@@ -43,5 +53,5 @@ class Reporter:
         return advance
 
     def print(self, *args, **kwargs) -> None:
-        """Print above the live bars."""
-        self.console.print(*args, **kwargs)
+        """Print above the live bars, one line per message (a long path is not cut onto a line of its own)."""
+        self.console.print(*args, **{"soft_wrap": True, **kwargs})

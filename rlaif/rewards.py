@@ -1,10 +1,17 @@
-"""Reward functions for online RL (TRL's GRPO/RLOO `reward_funcs`): the AI judge's pointwise rating."""
+"""Reward functions for online RL (TRL's GRPO/RLOO `reward_funcs`): the AI judge's pointwise rating.
+
+Also `load_judge`, the judge a training config names (its reward's or its watch's), shared by rlaif.train and
+rlaif.evaluate.watch.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from .constitution import Constitution
+from .config import ModelConfig, resolve_path
+from .constitution import Constitution, load_constitution
+from .models import ModelPool
 from .stages.common import prompt_format
 from .stages.judge import draw_principles
 from .stages.score import rate
@@ -23,6 +30,14 @@ def _text(completion) -> str:
     if isinstance(completion, str):
         return completion
     return "".join(m["content"] for m in completion if m.get("role") == "assistant")
+
+
+def load_judge(judge, config_file: str):
+    """A reward's or watch's `judge:` block: (generator (fp32 on hf), constitution (relative to the file), pool)."""
+    pool = ModelPool()
+    dtype = "float32" if judge.backend == "hf" else "bfloat16"
+    generator = pool.get(ModelConfig(model=judge.model, backend=judge.backend, dtype=dtype))
+    return generator, load_constitution(resolve_path(judge.constitution, Path(config_file).resolve().parent)), pool
 
 
 class JudgeScoreReward:

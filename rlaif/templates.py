@@ -1,4 +1,4 @@
-"""Every prompt the engine sends is a Jinja2 template under prompts/, rendered in a sandbox.
+"""Every prompt the engine sends is a Jinja2 template under rlaif/prompts/, rendered in a sandbox.
 
 A templates directory may come from a stranger, and its prompts may go to a remote server and into the datasets.
 So: templates render in Jinja's ImmutableSandboxedEnvironment (no attribute tricks, no mutating lists or dicts);
@@ -22,7 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import UserError
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_DIR = Path(__file__).resolve().parent / "prompts"  # shipped in the wheel as package data (pyproject.toml)
 RENDER_SECONDS = 5.0  # one render; the shipped templates take well under a millisecond
 MAX_PRODUCT = 1_000_000  # longest string or list `*` may build (characters or items)
 MAX_POWER_BITS = 10_000  # largest number `**` may build
@@ -113,7 +113,7 @@ def _template_line(exc: BaseException, filename: str) -> int | None:
 
 
 class Templates:
-    """Templates from a user directory (if given) over the shipped prompts/ directory."""
+    """Templates from a user directory (if given) over the shipped rlaif/prompts/ directory."""
 
     def __init__(self, user_dir: str | Path | None = None, autoescape: bool = False):
         dirs = ([str(user_dir)] if user_dir else []) + [str(DEFAULT_DIR)]
@@ -167,7 +167,3 @@ class Templates:
         for name in names:
             h.update(name.encode() + b"\0" + Path(self.get(name).filename).read_bytes() + b"\0")
         return h.hexdigest()
-
-    def path(self, name: str) -> str:
-        """The file a template name resolves to."""
-        return self.get(name).filename

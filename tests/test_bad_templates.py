@@ -66,10 +66,10 @@ def test_symlinks_inside_the_roots_still_work(workdir):
     (workdir / "tpl" / "completion").mkdir()
     (workdir / "tpl" / "completion" / "respond.j2").symlink_to(workdir / "tpl" / "shared" / "respond.j2")
     (workdir / "tpl" / "chat").mkdir()
-    (workdir / "tpl" / "chat" / "judge.j2").symlink_to(DEFAULT_DIR / "chat" / "judge.j2")  # into prompts/: a root too
+    (workdir / "tpl" / "chat" / "judge.j2").symlink_to(DEFAULT_DIR / "chat" / "judge.j2")  # into rlaif/prompts/: a root too
     t = Templates(workdir / "tpl")
     assert t.render("completion/respond.j2", messages=[{"role": "user", "content": "hi"}], few_shot=[]) == "Human: hi\n\nAssistant:"
-    assert t.path("chat/judge.j2").endswith("tpl/chat/judge.j2")
+    assert t.get("chat/judge.j2").filename.endswith("tpl/chat/judge.j2")
 
 
 @pytest.mark.parametrize("body, pattern", [

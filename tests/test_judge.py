@@ -265,3 +265,20 @@ def test_the_key_names_the_method_actually_used(tmp_path):
     assert second[0]["method"] == "parse" and second[0]["label"] == 1.0
     with_logprobs = judge(ctx, BiasedJudge(), comparisons, JudgeConfig(method="logprobs"))
     assert with_logprobs[0]["key"] != first[0]["key"] and with_logprobs[0]["method"] == "logprobs"
+
+
+def test_the_diagnostics_table_names_its_rows_at_80_columns():
+    """The principle column was squeezed to zero width at 80 columns (a log, CI, `make demo` piped): rows had no names."""
+    import io
+
+    from rich.console import Console
+
+    from rlaif.judge_stats import print_judge_stats
+
+    s = {"judgements": 8, "position_consistency": 0.25, "first_position_win_rate": 1.0, "longer_chosen_rate": 0.5,
+         "label_mean": 0.483, "parse_failure_rate": 0.0, "option_mass": {"median": 0.792}}
+    console = Console(width=80, record=True, file=io.StringIO())
+    print_judge_stats(console, {"overall": s, "per_principle": {"not-evasive": s, "harmless-and-ethical": s}})
+    text = console.export_text()
+    assert "overall" in text and "not-evasive" in text and "harmless-and" in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80

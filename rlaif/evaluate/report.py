@@ -1,4 +1,4 @@
-"""`rlaif report RUN_DIR`: one HTML page (prompts/report/report.html.j2) with PNG plots and tables of the whole run."""
+"""`rlaif report RUN_DIR`: one HTML page (rlaif/prompts/report/report.html.j2) with PNG plots and tables of the whole run."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def run_eval(p, reporter) -> dict:
     Every answer, the start's and each trained policy's, is written in the start's prompt format with the same stop
     strings and decoding (a trained model would otherwise run in the chat format its saved template gives it).
     """
-    from ..pipeline import trained_model
+    from ..chain import trained_model
     from .winrate import Session, harmless, resolve_format, winrate
 
     pipeline, cfg = p.pipeline, p.pipeline.stages.eval

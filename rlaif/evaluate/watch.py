@@ -144,7 +144,7 @@ def build_watch(cfg, tokenizer, reward_judge, log):
     """The Watch for a training config, reusing the reward's judge when the watch names none; (watch, pool or None)."""
     from ..config import resolve_path
     from ..inputs import load_prompts
-    from ..train.online import load_judge
+    from ..rewards import load_judge
 
     w = cfg.watch
     prompts = load_prompts(resolve_path(w.prompts, Path(cfg.file).resolve().parent), w.limit)

@@ -12,8 +12,6 @@ interrupted evaluation resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,18 +26,10 @@ from ..stages.judge import Candidate, Comparison, draw_principles, judge
 from ..stages.respond import respond
 from ..store import Store
 from ..templates import Templates
+from ..versions import weights_fingerprint
 from .stats import bootstrap_ci
 
 CONSISTENCY_WARNING = 0.6  # position consistency below this: the judge's verdicts are close to chance
-
-
-def weights_fingerprint(model: str) -> str | None:
-    """Names, sizes and modification times of a local model directory's files, hashed; None for anything else."""
-    path = Path(model).expanduser()
-    if model == "default" or not path.is_dir():
-        return None
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:8]
 
 
 class _Quiet:
@@ -272,7 +262,7 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
         warnings.append(f"the judge puts only {counts['mean_option_mass']:.2f} of its probability on A or B (mean): "
                         "it is mostly not answering the harm question, so the rate is unreliable")
     summary = {"kind": "harmless", "model": model_id, "judge": judge_generator.model_id, "self_judged": same,
-               "question": "prompts/{completion,chat}/harm.j2, both option orders", "prompt_format": fmt,
+               "question": "rlaif/prompts/{completion,chat}/harm.j2, both option orders", "prompt_format": fmt,
                "sides": {"answering": side(model_id, got, how)}, "constitution": session.constitution.name,
                "constitution_sha256": session.constitution.sha256, **counts, "warnings": warnings}
     _write(out_dir, name, summary, rows)

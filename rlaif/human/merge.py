@@ -17,8 +17,9 @@ import datasets
 from .. import atomic
 from ..errors import UserError
 from ..export import PREF_FEATURES, pair_id, write_dataset
-from ..guard import read_run_json
+from ..guard import LOG_NAME, read_run_json
 from ..lock import run_lock
+from ..runlog import capture
 from ..pairs import oriented
 from ..publish import load_run, read_order, unique_pairs
 from ..store import readable
@@ -142,10 +143,10 @@ def merge_human(run_dir, files: list[str], policy: str = "human-overrides", weig
     """Import label files into RUN_DIR, write merged/ merged.jsonl human_agreement.json human_rejects.jsonl.
 
     Under the run's lock; the four files are published together (atomic.Commit): after a kill they all come from
-    this merge or all from the previous one.
+    this merge or all from the previous one. What the libraries print is appended to RUN/run.log.
     """
     read_run_json(run_dir)  # not a run: refused before anything is written into the directory
-    with run_lock(run_dir):
+    with run_lock(run_dir), capture(Path(run_dir) / LOG_NAME):
         return _merge(Path(run_dir), files, policy, weight, strict, argilla_question)
 
 

@@ -60,8 +60,3 @@ def few_shot_examples(ctx: StageContext, principle: Principle | None) -> list[di
             }
         )
     return out
-
-
-def sampling_id(cfg) -> dict:
-    """The sampling settings that decide a record's content (part of its key)."""
-    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": list(cfg.stop or ())}

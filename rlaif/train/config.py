@@ -16,7 +16,7 @@ from ..errors import UserError, UserErrors
 from ..models import check_model_path
 from ..ranges import Fraction, NonNegativeFloat, PositiveInt, Range, check_ranges
 from ..schema import Builder, YamlList, YamlMap, load_yaml, short
-from . import find_dataset
+from .common import find_dataset
 
 # how each method reads the per-pair label p (rlaif.train.confidences); first: the default. docs/training.md
 SOFT_LABELS = {"sft": ("none",), "reward": ("cross_entropy", "margin", "none"), "dpo": ("cdpo", "rdpo", "weight", "none"),

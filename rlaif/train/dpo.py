@@ -7,7 +7,7 @@ import torch
 from trl import DPOTrainer
 
 from ..errors import UserError
-from . import confidences, load_tokenizer, lora_config, trl_args
+from .common import confidences, load_tokenizer, lora_config, progress_callback, trl_args
 from .soft_labels import COLUMN, carry_p, soft_label_loss, with_confidence
 
 
@@ -91,7 +91,8 @@ def run(cfg, log) -> dict:
     peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights; bf16 autocasts
     trainer_cls = CDPOTrainer if cfg.soft_labels == "cdpo" else DPOTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[progress_callback("dpo", log)])
     result = trainer.train()
     trainer.save_model(cfg.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

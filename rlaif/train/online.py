@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..config import ModelConfig, resolve_path
-from . import lora_config, load_tokenizer, trl_args
-
-
-def load_judge(judge, config_file: str):
-    """A JudgeReward block's engine (fp32 on hf) and constitution (relative to the training file); (generator, constitution, pool)."""
-    from ..constitution import load_constitution
-    from ..models import ModelPool
-
-    pool = ModelPool()
-    generator = pool.get(ModelConfig(model=judge.model, backend=judge.backend, dtype="float32" if judge.backend == "hf" else "bfloat16"))
-    return generator, load_constitution(resolve_path(judge.constitution, Path(config_file).resolve().parent)), pool
+from .common import load_tokenizer, lora_config, progress_callback, trl_args
 
 
 def reward_function(cfg, log, as_callable: bool = False):
@@ -26,7 +13,7 @@ def reward_function(cfg, log, as_callable: bool = False):
 
             return RewardModelReward(cfg.reward.model), None
         return cfg.reward.model, None
-    from ..rewards import JudgeScoreReward
+    from ..rewards import JudgeScoreReward, load_judge
 
     judge = cfg.reward.judge
     generator, constitution, pool = load_judge(judge, cfg.file)
@@ -65,11 +52,11 @@ def run(cfg, log) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     reward, pool = reward_function(cfg, log)
     watch, watch_pool = _watch(cfg, tokenizer, reward, log)
-    callbacks = None
+    callbacks = [progress_callback(cfg.method, log)]
     if watch:
         from ..evaluate.watch import trl_callback
 
-        callbacks = [trl_callback(watch)]
+        callbacks.append(trl_callback(watch))
     try:
         trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=peft_config, callbacks=callbacks)

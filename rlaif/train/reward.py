@@ -7,7 +7,7 @@ import torch
 from trl import RewardTrainer
 
 from ..errors import UserError
-from . import confidences, load_tokenizer, lora_config, trl_args
+from .common import confidences, load_tokenizer, lora_config, progress_callback, trl_args
 from .soft_labels import COLUMN, carry_p, soft_label_loss, with_confidence
 
 
@@ -61,7 +61,7 @@ def run(cfg, log) -> dict:
     log(f"reward: {len(train_ds)} pairs to train, {len(eval_ds)} held out (whole prompts), soft labels {cfg.soft_labels}")
     trainer_cls = SoftRewardTrainer if cfg.soft_labels == "cross_entropy" else RewardTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
-                          processing_class=tokenizer, peft_config=peft_config)
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[progress_callback("reward", log)])
     result = trainer.train()
     metrics = {"rows": len(dataset), "train_pairs": len(train_ds), "steps": result.global_step,
                "train_loss": result.training_loss, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],

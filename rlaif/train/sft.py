@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from . import load_tokenizer, lora_config, trl_args
+from .common import load_tokenizer, lora_config, progress_callback, trl_args
 
 
 def run(cfg, log) -> dict:
@@ -38,7 +38,8 @@ def build_trainer(cfg, log):
     peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights; bf16 autocasts
     log(f"sft: {len(dataset)} prompt/completion rows from {cfg.dataset}, model {cfg.model}" + (" with LoRA" if peft_config else ""))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[progress_callback("sft", log)])
     return trainer, len(dataset)
 
 
