@@ -20,6 +20,7 @@ from .pairs import merge_pairs
 from .progress import Reporter
 from .quality import clean_revision, revision_problem
 from .scale.ray import check_scale
+from .show import check_templates
 from .stages.common import StageContext, prompt_format
 from .stages.critique import critique
 from .stages.judge import build_comparisons, judge
@@ -46,18 +47,6 @@ class Plan:
     templates: Templates
     prompts: list[Prompt]
     run_dir: Path
-
-
-def dry_render(templates: Templates, constitution: Constitution) -> None:
-    """Render every template once with sample values: broken templates fail before any model loads."""
-    principle = constitution.principles[0]
-    few_shot = [{"prompt": "p", "response": "r", "critique": "c", "revision": "v",
-                 "critique_request": principle.critique, "revision_request": principle.revision}]
-    sample = {"messages": [{"role": "user", "content": "<prompt>"}], "response": "<response>", "critique": "<critique>",
-              "principle": principle, "few_shot": few_shot, "response_a": "<a>", "response_b": "<b>"}
-    for name in ALL_TEMPLATES:
-        for cot, reasoning in ((False, None), (True, None), (True, "<reasoning>")):  # every branch of the judge templates
-            templates.render(name, **sample, chain_of_thought=cot, reasoning=reasoning)
 
 
 def plan(pipeline: Pipeline, force: bool = False) -> Plan:
@@ -92,8 +81,9 @@ def plan(pipeline: Pipeline, force: bool = False) -> Plan:
 
         check_output(run_dir, Path(pipeline.stages.report.output or run_dir / "report"))
     templates = Templates(pipeline.templates)
-    dry_render(templates, constitution)
     prompts = load_prompts(pipeline.prompts, pipeline.limit)
+    sample = prompts[0].messages if prompts else ({"role": "user", "content": "<prompt>"},)
+    check_templates(templates, constitution, sample, pipeline.few_shot, pipeline.stages.judge)  # the stages' own builders
     check_prompt_tokens(pipeline, prompts)
     roles = [(role, cfg) for role, cfg in vars(pipeline.models).items() if cfg is not None]
     for role, cfg in roles:

@@ -4,6 +4,7 @@ render that runs for ever. Each is one line `FILE:LINE: message`, exit 2, before
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -117,3 +118,27 @@ def test_the_deadline_leaves_a_render_that_fits_alone(workdir, monkeypatch):
     os.kill(os.getpid(), signal.SIGALRM)  # an alarm that arrives between renders stops nothing
     time.sleep(0.05)
     assert t.render("x.j2").endswith("999")
+
+
+@pytest.mark.parametrize("name, body, variable", [
+    ("completion/respond.j2", "Human: {{ messages[-1].content }}\n\n{{ response }}\n\nAssistant:", "response"),
+    ("chat/critique_request.j2", "{{ principle.critique }}\n{{ messages[-1].content }}\n", "messages"),
+    ("chat/score.j2", "{{ response }}\n{{ response_a }}\n", "response_a"),
+], ids=["respond", "chat-critique", "chat-score"])
+def test_a_variable_the_stage_does_not_pass_fails_at_plan_time(workdir, name, body, variable):
+    """Plan time builds the requests through the stages' own functions: a variable only a sample context had is an error."""
+    tpl = user_templates(workdir, {name: body})
+    code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", templates=tpl))
+    assert code == 2
+    line = body.count("\n", 0, body.index("{{ " + variable)) + 1
+    assert_one_line(err, rf"tpl/{re.escape(name)}:{line}: template error: '{variable}' is undefined")
+    assert not (workdir / "outputs" / "test" / "records.sqlite").exists()
+
+
+def test_the_judges_chain_of_thought_branch_is_checked_when_enabled(workdir):
+    body = "{{ response_a }} {{ response_b }}\n{% if chain_of_thought and reasoning is not none %}{{ reasonning }}{% endif %}\nAnswer:"
+    tpl = user_templates(workdir, {"completion/judge.j2": body})
+    stages = "stages:\n  respond: {n: 2, max_tokens: 12}\n  judge: {chain_of_thought: true}\n"
+    code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", templates=tpl, stages=stages))
+    assert code == 2
+    assert_one_line(err, r"tpl/completion/judge\.j2:2: template error: 'reasonning' is undefined")
