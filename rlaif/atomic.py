@@ -44,7 +44,8 @@ def temp_path(path: Path, kind: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's data to disk (a directory: its entries, so a rename survives a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -64,7 +65,7 @@ def open_text(path: str | Path, newline: str | None = None):
             os.fsync(f.fileno())
         fault(f"write:{path.name}")
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -95,26 +96,18 @@ def new_file(path: str | Path):
     tmp = temp_path(path)
     try:
         yield tmp
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            _fsync_file(Path(folder) / name)
-        _fsync_dir(Path(folder))
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
 
 
 class Commit:
@@ -137,7 +130,7 @@ class Commit:
         write_json(self.stage / MANIFEST, names)
         fault("commit:staged")
         os.rename(self.stage, self.root / PENDING)
-        _fsync_dir(self.root)
+        _fsync(self.root)
         finish(self.root)
 
     def abandon(self) -> None:
@@ -173,7 +166,7 @@ def finish(root: str | Path) -> None:
         else:
             os.replace(new, target)
         fault(f"commit:moved-in:{name}")
-    _fsync_dir(root)
+    _fsync(root)
     shutil.rmtree(pending)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import Stages
 from ..errors import UserError
+from ..guard import read_run_json
 
 MAX_PROBLEMS_PER_FILE = 5  # a broken JSONL file is reported by its first few bad lines, not all of them
 
@@ -22,18 +23,7 @@ class RunDir:
             raise UserError("is a file, not a run directory", str(path))
         if not self.path.is_dir():
             raise UserError("run directory not found", str(path))
-        run_json = self.path / "run.json"
-        if not run_json.is_file():
-            raise UserError("not a run directory (no run.json)", str(path))
-        try:
-            info = json.loads(run_json.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"run.json is not valid JSON: {e.msg}", str(run_json), e.lineno) from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"run.json is not UTF-8 text ({e.reason})", str(run_json), 1) from None
-        if not isinstance(info, dict):
-            raise UserError("run.json must hold a JSON object", str(run_json), 1)
-        self.info = info
+        self.info = read_run_json(self.path)  # one reader of run.json: its problems are one-line errors
 
     def _problem(self, path: Path, line: int | None, message: str) -> None:
         where = f"{path}:{line}" if line else str(path)
