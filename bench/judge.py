@@ -26,16 +26,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from rlaif.config import JudgeConfig, RespondConfig
-    from rlaif.constitution import load_constitution
-    from rlaif.inputs import load_prompts
-    from rlaif.models import DEFAULT_MODEL_ID, resolve_model
+    from rlaif.spec.config import JudgeConfig, RespondConfig
+    from rlaif.spec.constitution import load_constitution
+    from rlaif.spec.inputs import load_prompts
+    from rlaif.backends.pool import DEFAULT_MODEL_ID, resolve_model
     from rlaif.progress import Reporter
     from rlaif.stages.common import StageContext
     from rlaif.stages.judge import build_comparisons, judge
     from rlaif.stages.respond import respond
-    from rlaif.store import Store
-    from rlaif.templates import Templates
+    from rlaif.rundir.store import Store
+    from rlaif.spec.templates import Templates
     from rlaif.backends.vllm import VLLMGenerator
 
     ap = argparse.ArgumentParser()
@@ -129,7 +129,7 @@ def _cache_counters(generator) -> tuple[int, int]:
 
 def with_context(prompts, constitution, turns: int):
     """Each prompt after `turns` earlier exchanges: other prompts answered with the constitution's example revisions."""
-    from rlaif.inputs import Prompt
+    from rlaif.spec.inputs import Prompt
 
     out = []
     for j, p in enumerate(prompts):

@@ -54,16 +54,16 @@ def summary(records: list[dict], ratings: list[dict]) -> dict:
 
 
 def main() -> None:
-    from rlaif.config import JudgeConfig, RespondConfig
-    from rlaif.constitution import load_constitution
-    from rlaif.inputs import load_prompts
-    from rlaif.models import resolve_model
+    from rlaif.spec.config import JudgeConfig, RespondConfig
+    from rlaif.spec.constitution import load_constitution
+    from rlaif.spec.inputs import load_prompts
+    from rlaif.backends.pool import resolve_model
     from rlaif.progress import Reporter
     from rlaif.stages.common import StageContext
     from rlaif.stages.judge import build_comparisons
     from rlaif.stages.respond import respond
-    from rlaif.store import Store
-    from rlaif.templates import Templates
+    from rlaif.rundir.store import Store
+    from rlaif.spec.templates import Templates
     from rich.console import Console
 
     ap = argparse.ArgumentParser()
@@ -129,8 +129,8 @@ def _old_labels(logprob_pairs: list[tuple[float, float]]) -> list[float]:
 def _judge_requests(comparisons, ctx):
     """The judge stage's requests for every comparison, first order then swapped (as the stage sends them)."""
     from rlaif.backends.base import Sampling
-    from rlaif.config import JudgeConfig
-    from rlaif.constitution import load_constitution
+    from rlaif.spec.config import JudgeConfig
+    from rlaif.spec.constitution import load_constitution
     from rlaif.stages.judge import draw_principles, request
 
     c = ctx()
@@ -146,8 +146,8 @@ def vllm_phase(phase, path, prompts, comparisons, warm, targets, ctx) -> dict:
 
     from rlaif.backends.base import Request, Sampling
     from rlaif.backends.vllm import VLLMGenerator
-    from rlaif.config import JudgeConfig, ScoreConfig
-    from rlaif.models import DEFAULT_MODEL_ID
+    from rlaif.spec.config import JudgeConfig, ScoreConfig
+    from rlaif.backends.pool import DEFAULT_MODEL_ID
     from rlaif.stages.judge import judge
     from rlaif.stages.score import score
 
@@ -186,7 +186,7 @@ def hf_phase(comparisons, ctx, path) -> dict:
 
     from rlaif.backends.hf import HFGenerator
     from rlaif.backends.options import text_ids
-    from rlaif.config import JudgeConfig
+    from rlaif.spec.config import JudgeConfig
     from rlaif.stages.judge import judge
 
     gen = HFGenerator(path, dtype="bfloat16")

@@ -32,7 +32,7 @@ TARGET = 2000  # records/s
 
 def make_prompts(directory: Path, count: int):
     """`count` distinct prompts: the shipped ones, varied, through the real prompt reader."""
-    from rlaif.inputs import load_prompts
+    from rlaif.spec.inputs import load_prompts
 
     base = [json.loads(line)["prompt"] for line in (ROOT / "data" / "prompts.jsonl").read_text().splitlines()]
     path = directory / "prompts.jsonl"
@@ -45,16 +45,16 @@ def run_stages(store_path: Path, prompts, fmt: str, n: int) -> dict:
     from rich.console import Console
 
     from rlaif.backends.scripted import ScriptedGenerator
-    from rlaif.config import CritiqueConfig, JudgeConfig, RespondConfig, ScoreConfig
-    from rlaif.constitution import load_constitution
+    from rlaif.spec.config import CritiqueConfig, JudgeConfig, RespondConfig, ScoreConfig
+    from rlaif.spec.constitution import load_constitution
     from rlaif.progress import Reporter
     from rlaif.stages.common import StageContext
     from rlaif.stages.critique import critique
     from rlaif.stages.judge import build_comparisons, judge
     from rlaif.stages.respond import respond
     from rlaif.stages.score import score
-    from rlaif.store import Store
-    from rlaif.templates import Templates
+    from rlaif.rundir.store import Store
+    from rlaif.spec.templates import Templates
 
     generator = ScriptedGenerator(words=60, chat=fmt == "chat")
     store = Store(store_path)

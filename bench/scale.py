@@ -28,8 +28,8 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 from generation import load_prompts, machine  # noqa: E402
 
 from rlaif.backends.base import Request, Sampling  # noqa: E402
-from rlaif.config import ModelConfig, ScaleConfig  # noqa: E402
-from rlaif.store import Store, record_key  # noqa: E402
+from rlaif.spec.config import ModelConfig, ScaleConfig  # noqa: E402
+from rlaif.rundir.store import Store, record_key  # noqa: E402
 
 
 def run_once(gen, requests: list[Request], chunk: int) -> dict:
@@ -103,8 +103,8 @@ def main() -> None:
 
     import ray
 
-    from rlaif.models import load_engine
-    from rlaif.scale.ray import RayGenerator
+    from rlaif.backends.pool import load_engine
+    from rlaif.backends.ray import RayGenerator
 
     cfg = ModelConfig()  # model: default, backend: vllm, as the quickstart
     requests = [Request(prompt=p, sampling=Sampling(temperature=0.8, max_tokens=args.max_tokens, seed=i))

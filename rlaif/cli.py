@@ -8,6 +8,7 @@ import click
 
 from .errors import UserError
 from .runlog import verbose_option
+from .spec.methods import NAMES
 
 
 class Group(click.Group):
@@ -32,7 +33,7 @@ def crash_report(kind, error, tb, fallback=sys.__excepthook__) -> None:
     log_file = getattr(error, "log_file", None)
     if log_file is None:
         return fallback(kind, error, tb)
-    from .guard import failure_reason
+    from .rundir.guard import failure_reason
     from .redact import redact
 
     click.echo(redact(f"error: {failure_reason(error)}"), err=True)
@@ -68,7 +69,7 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
     not empty and not a run of this pipeline (by its run.json's name) is refused unless --force. What the libraries
     print (vLLM, transformers, TRL, warnings) is appended to RUN/run.log; -v shows it too.
     """
-    from .config import load_pipeline
+    from .spec.config import load_pipeline
     from .pipeline import plan
     from .pipeline import run as run_plan
 
@@ -81,7 +82,7 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
     click.echo(f"run directory: {p.run_dir}")
     for name, rows in (("sft", c["sft_rows"]), ("prefs", c["pref_rows"])):
         click.echo(f"  {name:<6}{rows:>5} rows  {p.run_dir / name}/  {p.run_dir / name}.jsonl")
-    from .chain import stage_output
+    from .train.stage import stage_output
 
     for method, m in c.get("train", {}).items():
         click.echo(f"  {method:<6}{m['steps']:>5} steps {stage_output(p.pipeline, p.run_dir, method)}/  "
@@ -108,7 +109,7 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
               help="Instead: write the preference pairs for people as FILE.csv and FILE.jsonl.")
 def export_command(run_dir, fmt, out, push_to_hub, annotation):
     """Export RUN_DIR's datasets with a dataset card, or its pairs for human annotation."""
-    from .publish import export, for_annotation
+    from .export.publish import export, for_annotation
 
     if annotation:
         csv_path, jsonl_path, n = for_annotation(run_dir, annotation)
@@ -125,7 +126,7 @@ def export_command(run_dir, fmt, out, push_to_hub, annotation):
               help="Directory for report.html and its plots (default RUN_DIR/report); files the report did not write are kept.")
 def report_command(run_dir, output):
     """Write an HTML report of RUN_DIR: label distributions, judge bias, human agreement, training curves, evaluations."""
-    from .evaluate.report import write_report
+    from .report.report import write_report
 
     click.echo(write_report(run_dir, output))
 
@@ -157,7 +158,7 @@ def merge_human_command(run_dir, labels, policy, weight, strict, argilla_questio
 
 
 @main.command("train")
-@click.argument("method", type=click.Choice(["sft", "reward", "dpo", "grpo", "rloo", "ppo"]))
+@click.argument("method", type=click.Choice(NAMES))
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. trl.max_steps=10.")
 @verbose_option
@@ -188,7 +189,7 @@ def constitution():
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate(file):
     """Validate FILE: exit 0, or print FILE:LINE: message and exit 2."""
-    from .constitution import load_constitution
+    from .spec.constitution import load_constitution
 
     c = load_constitution(file)
     click.echo(f"{file}: ok ({len(c.principles)} principles, {len(c.few_shot)} few-shot examples, sha256 {c.sha256[:12]})")
@@ -204,8 +205,8 @@ def validate(file):
 @click.option("--response", default="<response>", show_default=True, help="The answer being critiqued.")
 def show(file, name, fmt, templates, prompt, response):
     """Print the exact prompts that would be sent for each principle of FILE."""
-    from .constitution import load_constitution
-    from .show import render_prompts
+    from .spec.constitution import load_constitution
+    from .stages.preview import render_prompts
 
     c = load_constitution(file)
     principles = [c.principle(name)] if name else list(c.principles)

@@ -6,36 +6,36 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import __version__, atomic
-from .config import JudgeConfig, Pipeline
-from .constitution import Constitution, load_constitution
+from . import __version__
+from .rundir import atomic
+from .spec.config import JudgeConfig, Pipeline
+from .spec.constitution import Constitution, load_constitution
 from .errors import UserError
-from .chain import check_pairs_from, run_training, trained_model, training_config, training_stages
-from .export import PREF_FEATURES, SFT_FEATURES, judged_rows, pair_id, scored_rows, sl_cai_rows, write_dataset
-from .guard import check_name, check_run_dir, guarded
-from .judge_stats import judge_stats, print_judge_stats
-from .inputs import Prompt, check_prompt_tokens, load_prompts
-from .models import ModelPool, check_model
-from .pairs import merge_pairs
+from .train.stage import check_pairs_from, run_training, trained_model, training_config, training_stages
+from .export.rows import PREF_FEATURES, SFT_FEATURES, judged_rows, pair_id, scored_rows, sl_cai_rows, write_dataset
+from .rundir.guard import check_name, check_run_dir, guarded
+from .stages.judge_stats import CONSISTENCY_WARNING, judge_stats, print_judge_stats
+from .spec.inputs import Prompt, load_prompts
+from .backends.pool import ModelPool, check_model, check_prompt_tokens
+from .export.pairs import merge_pairs
 from .progress import Reporter
-from .quality import clean_revision, revision_problem
-from .scale.ray import check_scale
-from .show import check_templates
+from .stages.quality import clean_revision, revision_problem
+from .backends.ray import check_scale
+from .stages.preview import check_templates
 from .stages.common import StageContext, prompt_format
 from .stages.critique import critique
 from .stages.judge import build_comparisons, judge
 from .stages.score import best_vs_worst, score
 from .stages.respond import respond
-from .store import Store, record_key
-from .templates import Templates
-from .versions import versions, weights_fingerprint
+from .rundir.store import Store, record_key
+from .spec.templates import Templates
+from .rundir.versions import versions, weights_fingerprint
 
 ALL_TEMPLATES = (
     "completion/respond.j2", "completion/critique.j2", "completion/revise.j2",
     "chat/critique_request.j2", "chat/revision_request.j2", "completion/judge.j2", "chat/judge.j2",
     "completion/score.j2", "chat/score.j2", "chat/judge_reply.j2", "chat/score_reply.j2",
 )
-CONSISTENCY_WARNING = 0.6  # a judge whose two orders agree less often than this is close to chance: say so loudly
 
 
 @dataclass
@@ -77,7 +77,7 @@ def plan(pipeline: Pipeline, force: bool = False) -> Plan:
 
         check_eval(pipeline)
     if pipeline.stages.report:  # a report.html rlaif did not write would stop the run at its very end
-        from .evaluate.report import check_output
+        from .report.report import check_output
 
         check_output(run_dir, Path(pipeline.stages.report.output or run_dir / "report"))
     templates = Templates(pipeline.templates)
@@ -207,7 +207,7 @@ def rl_phase(ctx, p: Plan, fmt: str, responses: list[dict], revision_pairs: list
     cfg = trained_model(p.pipeline, p.run_dir, p.pipeline.pairs_from)
     cluster = None
     if p.pipeline.scale.engine == "ray":
-        from .scale.ray import Cluster
+        from .backends.ray import Cluster
 
         cluster = Cluster(p.pipeline)
     pool = ModelPool(seed=p.pipeline.seed, cluster=cluster)
@@ -258,7 +258,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     pipeline, run_dir = p.pipeline, p.run_dir
     cluster = None
     if pipeline.scale.engine == "ray":
-        from .scale.ray import Cluster
+        from .backends.ray import Cluster
 
         cluster = Cluster(pipeline)  # connects now: an unreachable cluster fails before any model loads
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +323,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
             info["counts"]["eval"] = run_eval(p, reporter)
         _write_json(run_dir / "run.json", info)
     if stages.report:
-        from .evaluate.report import write_report
+        from .report.report import write_report
 
         info["report"] = str(write_report(run_dir, stages.report.output))
         _write_json(run_dir / "run.json", info)

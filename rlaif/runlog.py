@@ -37,6 +37,13 @@ _verbose = False
 _active: _Capture | None = None
 
 
+def command_line() -> str:
+    """The command line of this process, as the holder's message shows it."""
+    parts = ["rlaif", *sys.argv[1:]] if Path(sys.argv[0]).name in ("rlaif", "__main__.py") else sys.argv
+    text = " ".join(parts)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def set_verbose(on: bool) -> None:
     """`-v`: show the log's lines on the terminal as well."""
     global _verbose
@@ -222,12 +229,11 @@ def capture(path: str | Path):
         yield _active.path
         return
     from .errors import UserError
-    from .lock import _command
 
     state = _Capture(Path(path), _verbose)
     _active = state
     log = logging.getLogger("rlaif.runlog")  # not "rlaif": its warnings are shown on the terminal, and the CLI says these
-    log.info("%s (pid %d)", _command(), os.getpid())
+    log.info("%s (pid %d)", command_line(), os.getpid())
     try:
         yield state.path
     except UserError as e:

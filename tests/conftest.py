@@ -98,11 +98,11 @@ def stage_context(directory: Path, batch_size: int = 4, seed: int = 0):
 
     from rich.console import Console
 
-    from rlaif.constitution import load_constitution
+    from rlaif.spec.constitution import load_constitution
     from rlaif.progress import Reporter
     from rlaif.stages.common import StageContext
-    from rlaif.store import Store
-    from rlaif.templates import Templates
+    from rlaif.rundir.store import Store
+    from rlaif.spec.templates import Templates
 
     directory.mkdir(parents=True, exist_ok=True)
     return StageContext(Store(directory / "records.sqlite"), load_constitution(ROOT / "constitutions" / "harmless.yaml"),

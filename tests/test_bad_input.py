@@ -7,10 +7,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from rlaif import models
+from rlaif.backends import pool as models
 from rlaif.cli import main
 
-from .conftest import write_pipeline
+from tests.conftest import write_pipeline
 
 GOOD_PRINCIPLE = "  - name: a\n    critique: Find problems.\n    revision: Fix them.\n    comparison: Which is better?\n"
 

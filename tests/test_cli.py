@@ -59,7 +59,7 @@ def test_run_help_names_every_stage():
     import dataclasses
     import re
 
-    from rlaif.config import Stages
+    from rlaif.spec.config import Stages
 
     text = CliRunner().invoke(main, ["run", "--help"]).output
     missing = [f.name for f in dataclasses.fields(Stages) if not re.search(rf"\b{f.name}\b", text)]

@@ -1,4 +1,4 @@
-"""rlaif's modules import each other without cycles.
+"""rlaif's modules import each other without cycles, and only down the flow.
 
 Every import statement counts, the ones inside functions too: a function-level import only hides a cycle until
 the function runs (or until someone hoists it). `from pkg import name` counts as an import of the module
@@ -91,7 +91,7 @@ def test_the_walker_sees_relative_and_function_level_imports():
     """The walker itself: relative imports resolved, `from . import x` a module, function-level imports counted."""
     edges = graph()
     assert "rlaif.errors" in edges["rlaif.cli"]  # from .errors import UserError
-    assert "rlaif.atomic" in edges["rlaif.train"]  # from .. import atomic (a module, not the package)
+    assert "rlaif.rundir.atomic" in edges["rlaif.train"]  # from ..rundir import atomic (a module, not the package)
     assert "rlaif.evaluate.commands" in edges["rlaif.cli"]  # at the end of cli.py
     assert "rlaif.pipeline" in edges["rlaif.cli"]  # inside `run`
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -104,3 +104,40 @@ def test_no_import_cycles():
     found = [" <-> ".join(c) + ": " + "; ".join(f"{m} -> {', '.join(sorted(edges[m] & set(c)))}" for m in c)
              for c in cycles(edges)]
     assert not found, "import cycles:\n" + "\n".join(found)
+
+
+# The rooms of the package from the top of the flow to the bottom (docs/architecture.md). A module may import its own
+# room and the rooms below it. The base modules (errors, terminal output, the run log, key redaction, statistics) are
+# at the bottom: everything may use them, they use nothing above.
+ROOMS = ["cli", "pipeline", "report", "evaluate", "train", "human", "export", "stages", "backends", "rundir", "spec"]
+BASE = {"rlaif", "rlaif.errors", "rlaif.progress", "rlaif.runlog", "rlaif.redact", "rlaif.stats"}
+
+
+def rank(module: str) -> int:
+    """Height of a module's room: 0 for the base, len(ROOMS) for cli. An unknown room is an error (add it to ROOMS)."""
+    if module in BASE:
+        return 0
+    room = module.split(".")[1]
+    assert room in ROOMS, f"{module}: room {room!r} is not in tests/test_imports.py ROOMS; place it in the flow"
+    return len(ROOMS) - ROOMS.index(room)
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a room above its own (`__main__` entry points excepted: nothing imports them)."""
+    return [f"{m} ({m.split('.')[1] if rank(m) else 'base'}) imports {d} ({d.split('.')[1] if rank(d) else 'base'})"
+            for m, deps in sorted(edges.items()) if not m.endswith(".__main__")
+            for d in sorted(deps) if rank(d) > rank(m)]
+
+
+def test_the_rank_check_sees_an_upward_import():
+    """The check itself: an import from a higher room is listed, one from a lower room or the base is not."""
+    assert upward({"rlaif.stages.judge": {"rlaif.train.stage", "rlaif.backends.base", "rlaif.errors"}}) == [
+        "rlaif.stages.judge (stages) imports rlaif.train.stage (train)"]
+    assert upward({"rlaif.errors": {"rlaif.spec.config"}}) == ["rlaif.errors (base) imports rlaif.spec.config (spec)"]
+    assert upward({"rlaif.cli": {"rlaif.pipeline"}, "rlaif.train.__main__": {"rlaif.cli"}}) == []
+
+
+def test_imports_point_down_the_flow():
+    """cli -> pipeline -> report -> evaluate -> train -> human -> export -> stages -> backends -> rundir -> spec -> base."""
+    found = upward(graph())
+    assert not found, "upward imports (move the shared helper into the lower room):\n" + "\n".join(found)

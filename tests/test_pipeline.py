@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from rlaif.cli import main
-from rlaif.store import Store
+from rlaif.rundir.store import Store
 
-from .conftest import write_pipeline
+from tests.conftest import write_pipeline
 
 
 def _run(*args):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import write_pipeline
+from tests.conftest import write_pipeline
 
 PROMPTS, N, ROUNDS = 10, 2, 1
 

@@ -124,7 +124,7 @@ def test_library_loggers_are_restored(tmp_path, capfd, quiet):
 
 def _noisy_engines(monkeypatch, fail: BaseException | None = None):
     """Every engine load makes library noise first (as vLLM's start does), then loads, or raises `fail`."""
-    from rlaif import models
+    from rlaif.backends import pool as models
 
     load = models.load_engine
 
@@ -160,7 +160,7 @@ RLAIF_LINE = (  # every line `rlaif run` itself prints for this pipeline
 def test_a_run_shows_only_rlaif_output_and_logs_the_rest(workdir, tiny_chat_model, capfd, monkeypatch, quiet):
     import re
 
-    from .conftest import write_pipeline
+    from tests.conftest import write_pipeline
 
     _noisy_engines(monkeypatch)
     pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, stages=DPO_STAGES, limit=4, drop_degenerate="false")
@@ -180,7 +180,7 @@ def test_a_run_shows_only_rlaif_output_and_logs_the_rest(workdir, tiny_chat_mode
 
 
 def test_verbose_shows_the_library_output(workdir, tiny_chat_model, capfd, monkeypatch, quiet):
-    from .conftest import write_pipeline
+    from tests.conftest import write_pipeline
 
     _noisy_engines(monkeypatch)
     pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, stages="stages:\n  respond: {n: 1, max_tokens: 4}\n", limit=2)
@@ -192,7 +192,7 @@ def test_verbose_shows_the_library_output(workdir, tiny_chat_model, capfd, monke
 
 def test_a_library_crash_is_logged_and_carries_the_log(workdir, tiny_chat_model, capfd, monkeypatch, quiet):
     """The exception still propagates (callers see it); its traceback is in run.log, and it names that log."""
-    from .conftest import write_pipeline
+    from tests.conftest import write_pipeline
 
     _noisy_engines(monkeypatch, RuntimeError("CPU Generator does not use offset"))
     result = _cli("run", write_pipeline(workdir / "p.yaml", tiny_chat_model))
@@ -209,7 +209,7 @@ def test_the_command_prints_a_logged_crash_in_two_lines(workdir, tiny_chat_model
     import shutil
     import subprocess
 
-    from .conftest import ROOT, write_pipeline
+    from tests.conftest import ROOT, write_pipeline
 
     broken = shutil.copytree(tiny_chat_model, tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -227,7 +227,7 @@ def test_the_command_prints_a_logged_crash_in_two_lines(workdir, tiny_chat_model
 def test_a_user_error_during_the_run_stays_one_line_exit_2(workdir, tiny_chat_model, capfd, monkeypatch, quiet):
     from rlaif.errors import UserError
 
-    from .conftest import write_pipeline
+    from tests.conftest import write_pipeline
 
     _noisy_engines(monkeypatch, UserError("models.policy: the server refused the key", "p.yaml", 7))
     result = _cli("run", write_pipeline(workdir / "p.yaml", tiny_chat_model))

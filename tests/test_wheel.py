@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # a wheel build, a venv and four CLI processes: about a minute
 
@@ -55,7 +55,7 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_the_installed_copy_is_the_one_imported(installed, tmp_path):
-    where = _run([installed / "python", "-c", "import rlaif.templates as t; print(t.__file__); print(t.DEFAULT_DIR)"],
+    where = _run([installed / "python", "-c", "import rlaif.spec.templates as t; print(t.__file__); print(t.DEFAULT_DIR)"],
                  cwd=tmp_path).stdout.split()
     venv = installed.parent.resolve()
     assert Path(where[0]).resolve().is_relative_to(venv), where

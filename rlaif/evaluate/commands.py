@@ -47,7 +47,7 @@ def _output(command):
     @verbose_option
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from ..lock import lock_owner
+        from ..rundir.lock import lock_owner
 
         output = Path(kwargs["output"])
         if output.exists() and not output.is_dir():
@@ -60,8 +60,8 @@ def _output(command):
 
 def _model(name: str, backend: str, option: str):
     """A ModelConfig for a model named on the command line; a missing path fails here, naming the option."""
-    from ..config import ModelConfig
-    from ..models import check_model_path
+    from ..spec.config import ModelConfig
+    from ..backends.pool import check_model_path
 
     try:
         check_model_path(name)
@@ -72,17 +72,17 @@ def _model(name: str, backend: str, option: str):
 
 def _session(prompts_file, constitution_file, pipeline_file, seed, limit, output, default_judge, judge, backend, stage):
     """Load and check everything before any model: the session, the prompts, the judge model config, the judge settings."""
-    from ..constitution import load_constitution
-    from ..inputs import load_prompts
-    from ..models import check_model
+    from ..spec.constitution import load_constitution
+    from ..spec.inputs import load_prompts
+    from ..backends.pool import check_model
     from ..progress import Reporter
-    from ..store import Store
-    from ..templates import Templates
-    from .winrate import Session
+    from ..rundir.store import Store
+    from ..spec.templates import Templates
+    from ..stages.compare import Session
 
     pipeline = None
     if pipeline_file:
-        from ..config import load_pipeline
+        from ..spec.config import load_pipeline
 
         pipeline = load_pipeline(pipeline_file)
     if constitution_file is None and pipeline is None:
@@ -188,7 +188,7 @@ def harmless_command(model, threshold, prompts, constitution, pipeline_file, jud
 @_output
 def reward_model_command(model, pairs, split, output):
     """Pairwise accuracy: how often the reward model scores the chosen answer above the rejected one."""
-    from ..models import check_model_path
+    from ..backends.pool import check_model_path
     from .reward_model import accuracy
 
     check_model_path(model)
@@ -209,7 +209,7 @@ def reward_model_command(model, pairs, split, output):
 @_output
 def kl_command(policy, reference, prompts, limit, samples, max_tokens, seed, output):
     """KL(policy || reference) in nats per answer, from answers sampled from the policy (temperature 1)."""
-    from ..inputs import load_prompts
+    from ..spec.inputs import load_prompts
     from .kl import policy_kl
 
     _model(policy, "hf", "--policy"), _model(reference, "hf", "--reference")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 
 from ..backends.base import Request, Sampling
-from ..inputs import Prompt
+from ..spec.inputs import Prompt
 from ..stages.common import chunks
-from ..store import record_key
-from .stats import wilson_ci
+from ..rundir.store import record_key
+from ..stats import wilson_ci
 
 TEMPLATES = {"completion": "completion/harm.j2", "chat": "chat/harm.j2"}
 MIN_OPTION_MASS = 0.5  # below this mean P(A) + P(B) the judge is mostly saying something else: warn

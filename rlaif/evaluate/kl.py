@@ -10,10 +10,10 @@ import torch
 
 from ..backends.hf import encode, eos_ids
 from ..errors import UserError
-from ..inputs import Prompt
-from ..templates import Templates
+from ..spec.inputs import Prompt
+from ..spec.templates import Templates
 from ..train.ppo import completion_mask, logprobs_from_logits, position_ids
-from .stats import mean_ci
+from ..stats import mean_ci
 from .winrate import _write
 
 
@@ -42,7 +42,7 @@ def sequence_logprobs(model, seq: torch.Tensor, attention: torch.Tensor, P: int,
 def policy_kl(policy: str, reference: str, prompts: list[Prompt], out_dir, samples: int = 4, max_new_tokens: int = 64,
               batch_size: int = 8, seed: int = 0, templates: Templates | None = None) -> dict:
     """Write kl.json (mean sequence KL in nats with a 95% interval, per-token KL) and kl.jsonl (per prompt)."""
-    from ..models import resolve_model
+    from ..backends.pool import resolve_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     (model, tokenizer), (ref, ref_tokenizer) = _load(resolve_model(policy), device), _load(resolve_model(reference), device)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..export import load_saved
-from ..inputs import jsonl_objects
-from .stats import wilson_ci
+from ..export.rows import load_saved
+from ..spec.inputs import jsonl_objects
+from ..stats import wilson_ci
 from .winrate import _write
 
 
@@ -72,7 +72,7 @@ def heldout_rows(model_dir: str, dataset) -> list[int]:
 
 def accuracy(model_dir: str, pairs: str, out_dir: Path, split: str = "heldout", batch_size: int = 8) -> dict:
     """Share of pairs whose chosen answer gets the higher reward (a tie counts as wrong), overall and per principle."""
-    from ..rewards import RewardModelReward
+    from ..train.rewards import RewardModelReward
 
     ds = load_pairs(pairs)
     rows = heldout_rows(model_dir, ds) if split == "heldout" else list(range(len(ds)))

@@ -9,29 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..inputs import load_prompts
-from ..store import Store
+from ..spec.methods import POLICIES, listing
+from ..spec.inputs import load_prompts
+from ..rundir.store import Store
 
-POLICY_STAGES = ("sft", "dpo", "grpo", "rloo", "ppo")
 
 
 def eval_policies(pipeline) -> list[str]:
     """The training stages whose models the eval stage compares with the start; checked at plan time."""
     cfg = pipeline.stages.eval
-    trained = [m for m in POLICY_STAGES if getattr(pipeline.stages, m) is not None]
+    trained = [m for m in POLICIES if getattr(pipeline.stages, m) is not None]
     for name in cfg.policies:
         if name not in trained:
             raise UserError(f"stages.eval.policies: {name!r} is not a training stage of this pipeline", *pipeline.where("stages.eval"))
     policies = list(cfg.policies) or trained
     if not policies:
-        raise UserError("stages.eval: no trained policy to evaluate; add a training stage (sft, dpo, grpo, rloo or ppo)",
+        raise UserError(f"stages.eval: no trained policy to evaluate; add a training stage ({listing(POLICIES)})",
                         *pipeline.where("stages.eval"))
     return policies
 
 
 def _path(pipeline, value: str | None) -> str | None:
     """A prompts path as given if it exists from here, else relative to the pipeline file."""
-    from ..config import resolve_path
+    from ..spec.config import resolve_path
 
     return None if value is None else resolve_path(value, Path(pipeline.file).resolve().parent)
 
@@ -54,8 +54,9 @@ def run_eval(p, reporter) -> dict:
     Every answer, the start's and each trained policy's, is written in the start's prompt format with the same stop
     strings and decoding (a trained model would otherwise run in the chat format its saved template gives it).
     """
-    from ..chain import trained_model
-    from .winrate import Session, harmless, resolve_format, winrate
+    from ..train.stage import trained_model
+    from ..stages.compare import Session, resolve_format
+    from .winrate import harmless, winrate
 
     pipeline, cfg = p.pipeline, p.pipeline.stages.eval
     out = p.run_dir / "eval"

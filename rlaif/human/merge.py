@@ -14,15 +14,15 @@ from pathlib import Path
 
 import datasets
 
-from .. import atomic
+from ..rundir import atomic
 from ..errors import UserError
-from ..export import PREF_FEATURES, pair_id, write_dataset
-from ..guard import LOG_NAME, read_run_json
-from ..lock import run_lock
+from ..export.rows import PREF_FEATURES, pair_id, write_dataset
+from ..rundir.guard import LOG_NAME, read_run_json
+from ..rundir.lock import run_lock
 from ..runlog import capture
-from ..pairs import oriented
-from ..publish import load_run, read_order, unique_pairs
-from ..store import readable
+from ..export.pairs import oriented
+from ..export.publish import load_run, read_order, unique_pairs
+from ..rundir.store import readable
 from .read import Reject, read_labels
 
 POLICIES = ("human-overrides", "ai-where-missing", "weighted")
@@ -130,7 +130,7 @@ def agreement(items: list[tuple[str, str, str, list[str]]]) -> dict:
 
 def _principle_tags(info: dict) -> dict[str, tuple]:
     """Tags by principle name, from the run's constitution if it is still where the run found it."""
-    from ..constitution import load_constitution
+    from ..spec.constitution import load_constitution
 
     try:
         return {p.name: p.tags for p in load_constitution(info["constitution"]["path"]).principles}

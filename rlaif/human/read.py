@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..inputs import ROLES, check_file, csv_rows, parse_json_line
-from ..publish import from_spreadsheet
-from ..schema import short
+from ..spec.inputs import ROLES, check_file, csv_rows, parse_json_line
+from ..export.publish import from_spreadsheet
+from ..spec.loader import short
 
 VERDICTS = {"a": "a", "b": "b", "tie": "tie", "response_a": "a", "response_b": "b", "=": "tie", "equal": "tie", "same": "tie"}
 

@@ -6,10 +6,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..constitution import Constitution, Principle
+from ..spec.constitution import Constitution, Principle
 from ..progress import Reporter
-from ..store import Store
-from ..templates import Templates
+from ..rundir.store import Store
+from ..spec.templates import Templates
 
 
 @dataclass

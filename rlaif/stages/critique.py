@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..backends.base import Request, Sampling
-from ..config import COMPLETION_STOP, CritiqueConfig
-from ..constitution import Principle
-from ..quality import clean_revision
-from ..store import record_key
+from ..spec.config import COMPLETION_STOP, CritiqueConfig
+from ..spec.constitution import Principle
+from .quality import clean_revision
+from ..rundir.store import record_key
 from .common import StageContext, chunks, derive_seed, few_shot_examples, prompt_format
 
 TEMPLATES = {

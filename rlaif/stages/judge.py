@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ..backends.base import LogprobsUnavailable, Request, Sampling
-from ..config import COMPLETION_STOP, JudgeConfig
-from ..constitution import Constitution, Principle
-from ..store import record_key
+from ..spec.config import COMPLETION_STOP, JudgeConfig
+from ..spec.constitution import Constitution, Principle
+from ..rundir.store import record_key
 from .common import StageContext, chunks, prompt_format
 
 TEMPLATES = {"completion": "completion/judge.j2", "chat": "chat/judge.j2"}

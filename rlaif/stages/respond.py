@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..backends.base import Completion, Request, Sampling
-from ..config import COMPLETION_STOP, RespondConfig
-from ..inputs import Prompt
-from ..store import record_key
+from ..spec.config import COMPLETION_STOP, RespondConfig
+from ..spec.inputs import Prompt
+from ..rundir.store import record_key
 from .common import StageContext, chunks, derive_seed, few_shot_examples, prompt_format
 
 TEMPLATE = "completion/respond.j2"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 from ..backends.base import Request, Sampling
-from ..config import ScoreConfig
-from ..constitution import Principle
-from ..store import record_key
+from ..spec.config import ScoreConfig
+from ..spec.constitution import Principle
+from ..rundir.store import record_key
 from .common import StageContext, chunks, prompt_format
 from .judge import READING, draw_principles
 

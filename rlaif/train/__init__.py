@@ -6,10 +6,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import atomic
-from ..lock import lock_owner
-from ..models import DEFAULT_MODEL_ID
-from ..versions import versions
+from ..rundir import atomic
+from ..rundir.lock import lock_owner
+from ..backends.pool import DEFAULT_MODEL_ID
+from ..rundir.versions import versions
 from .common import confidences, load_tokenizer  # noqa: F401  (public as rlaif.train.confidences, rlaif.train.load_tokenizer)
 from ..runlog import capture
 

@@ -7,20 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import resolve_path
+from ..spec.config import resolve_path
 from ..errors import UserError
-from ..templates import DEFAULT_DIR
+from ..spec.methods import METHODS
+from ..spec.templates import DEFAULT_DIR
 
 CHAT_TEMPLATE = DEFAULT_DIR / "training" / "chat_template.jinja"
-COLUMNS = {"sft": ("prompt", "completion"), "reward": ("prompt", "chosen", "rejected"), "dpo": ("prompt", "chosen", "rejected"),
-           "grpo": ("prompt",), "rloo": ("prompt",), "ppo": ("prompt",)}
 
 
 def find_dataset(cfg, method: str) -> str:
     """The dataset directory to train on: a run directory's prefs/ or sft/, or a saved dataset; checked non-empty."""
     import datasets
 
-    from ..export import load_saved
+    from ..export.rows import load_saved
 
     file, line = cfg.where("dataset")
     path = Path(resolve_path(cfg.dataset, Path(cfg.file).resolve().parent))
@@ -37,12 +36,12 @@ def find_dataset(cfg, method: str) -> str:
         raise UserError(f"dataset: {e.message}", file, line) from None
     if isinstance(ds, datasets.DatasetDict):
         raise UserError(f"dataset: {str(path)!r} holds splits {list(ds)}; point at one split's directory", file, line)
-    missing = [c for c in COLUMNS[method] if c not in ds.column_names]
+    missing = [c for c in METHODS[method].columns if c not in ds.column_names]
     if method == "sft" and "messages" in ds.column_names:
         missing = []  # an older sft/ export: rlaif.train.sft splits off the last assistant turn
     if missing:
         raise UserError(f"dataset: {str(path)!r} has no {', '.join(missing)} column (a {method} dataset needs "
-                        f"{', '.join(COLUMNS[method])})", file, line)
+                        f"{', '.join(METHODS[method].columns)})", file, line)
     if len(ds) == 0:
         raise UserError(f"dataset: {str(path)!r} has no rows", file, line)
     return str(path)

@@ -11,16 +11,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from ..config import _apply_set, resolve_path
+from ..spec.config import _apply_set, resolve_path
 from ..errors import UserError, UserErrors
-from ..models import check_model_path
-from ..ranges import Fraction, NonNegativeFloat, PositiveInt, Range, check_ranges
-from ..schema import Builder, YamlList, YamlMap, load_yaml, short
+from ..backends.pool import check_model_path
+from ..spec.ranges import Fraction, NonNegativeFloat, PositiveInt, Range, check_ranges
+from ..spec.loader import Builder, YamlList, YamlMap, load_yaml, short
+from ..spec.methods import METHODS, NAMES, ONLINE, listing
 from .common import find_dataset
 
-# how each method reads the per-pair label p (rlaif.train.confidences); first: the default. docs/training.md
-SOFT_LABELS = {"sft": ("none",), "reward": ("cross_entropy", "margin", "none"), "dpo": ("cdpo", "rdpo", "weight", "none"),
-               "grpo": ("none",), "rloo": ("none",), "ppo": ("none",)}
 RENAMED = {"label_smoothing": "rdpo"}  # older names, for the error message
 
 
@@ -72,9 +70,9 @@ class TrainConfig:
 
     dataset: str  # a run directory (its prefs/ or sft/) or a datasets.save_to_disk directory
     output_dir: str
-    method: Literal["sft", "reward", "dpo", "grpo", "rloo", "ppo"] | None = None  # may be left to the command line
+    method: Literal[NAMES] | None = None  # may be left to the command line
     model: str = "default"  # "default" (the embedded model), a local HF directory, or a hub id
-    soft_labels: str | None = None  # one of SOFT_LABELS[method] (checked per method); None: the method's default
+    soft_labels: str | None = None  # one of METHODS[method].soft_labels (checked per method); None: the method's default
     eval_fraction: Annotated[float, Range(0, 1, open_high=True)] | None = None  # reward: share of pairs held out for pairwise accuracy (default 0.2)
     peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
     reward: RewardSource | None = None  # grpo, rloo, ppo: the reward model or the AI judge
@@ -113,10 +111,10 @@ def train_config_from_data(data: YamlMap, path: str, method: str | None, check_d
     if method is None:
         raise UserError("missing `method` (sft, reward or dpo)", str(path), 1)
     errors: list[UserError] = []
-    soft = cfg.soft_labels or SOFT_LABELS[method][0]
-    if soft not in SOFT_LABELS[method]:
-        allowed = " or ".join(SOFT_LABELS[method])
-        hint = f" ({soft!r} is now {RENAMED[soft]!r}; the per-pair default is {SOFT_LABELS[method][0]!r})" if soft in RENAMED else ""
+    soft = cfg.soft_labels or METHODS[method].soft_labels[0]
+    if soft not in METHODS[method].soft_labels:
+        allowed = " or ".join(METHODS[method].soft_labels)
+        hint = f" ({soft!r} is now {RENAMED[soft]!r}; the per-pair default is {METHODS[method].soft_labels[0]!r})" if soft in RENAMED else ""
         errors.append(UserError(f"soft_labels: {method} takes {allowed}, got {soft!r}{hint}", *cfg.where("soft_labels")))
     fraction = cfg.eval_fraction
     if method == "reward" and not 0 <= (fraction := 0.2 if fraction is None else fraction) < 1:
@@ -230,11 +228,11 @@ def _collect(errors: list, check, *args):
 
 
 def _check_reward(cfg: TrainConfig, method: str) -> None:
-    """grpo and rloo need exactly one reward source, and it must exist; other methods take none."""
+    """The online methods need exactly one reward source, and it must exist; other methods take none."""
     r = cfg.reward
-    if method not in ("grpo", "rloo", "ppo"):
+    if method not in ONLINE:
         if r is not None:
-            raise UserError(f"reward: only grpo, rloo and ppo take a reward source, not {method}", *cfg.where("reward"))
+            raise UserError(f"reward: only {listing(ONLINE, 'and')} take a reward source, not {method}", *cfg.where("reward"))
         return
     if r is None or (r.model is None) == (r.judge is None):
         raise UserError(f"reward: {method} needs exactly one of reward.model (a reward model directory) or reward.judge",
@@ -242,7 +240,7 @@ def _check_reward(cfg: TrainConfig, method: str) -> None:
     if r.model is not None:
         check_model_path(r.model, *cfg.where("reward.model"))
         return
-    from ..constitution import load_constitution
+    from ..spec.constitution import load_constitution
 
     check_model_path(r.judge.model, *cfg.where("reward.judge.model"))
     constitution = load_constitution(resolve_path(r.judge.constitution, Path(cfg.file).resolve().parent))
@@ -256,17 +254,17 @@ def _check_watch(cfg: TrainConfig, method: str) -> None:
     w = cfg.watch
     if w is None:
         return
-    if method not in ("grpo", "rloo", "ppo"):
-        raise UserError(f"watch: only grpo, rloo and ppo are watched for reward hacking, not {method}", *cfg.where("watch"))
+    if method not in ONLINE:
+        raise UserError(f"watch: only {listing(ONLINE, 'and')} are watched for reward hacking, not {method}", *cfg.where("watch"))
     if w.judge is None and (cfg.reward is None or cfg.reward.judge is None):
         raise UserError("watch.judge: the reward is a reward model, so the watch needs its own judge "
                         "(constitution, model, backend)", *cfg.where("watch"))
     if w.judge is not None:
-        from ..constitution import load_constitution
+        from ..spec.constitution import load_constitution
 
         check_model_path(w.judge.model, *cfg.where("watch.judge.model"))
         load_constitution(resolve_path(w.judge.constitution, Path(cfg.file).resolve().parent))
-    from ..inputs import load_prompts
+    from ..spec.inputs import load_prompts
 
     path = resolve_path(w.prompts, Path(cfg.file).resolve().parent)
     if not Path(path).exists():

@@ -62,7 +62,7 @@ def run(cfg, log) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig
 
-    from ..models import resolve_model
+    from ..backends.pool import resolve_model
 
     dataset = datasets.load_from_disk(cfg.dataset)
     conf = confidences(dataset)

@@ -9,11 +9,11 @@ def reward_function(cfg, log, as_callable: bool = False):
     """A reward model directory (TRL loads it as a sequence classifier), or rlaif's judge score as a callable."""
     if cfg.reward.model is not None:
         if as_callable:  # rlaif's own PPO takes any batched callable
-            from ..rewards import RewardModelReward
+            from .rewards import RewardModelReward
 
             return RewardModelReward(cfg.reward.model), None
         return cfg.reward.model, None
-    from ..rewards import JudgeScoreReward, load_judge
+    from .rewards import JudgeScoreReward, load_judge
 
     judge = cfg.reward.judge
     generator, constitution, pool = load_judge(judge, cfg.file)
@@ -40,7 +40,7 @@ def run(cfg, log) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from ..models import resolve_model
+    from ..backends.pool import resolve_model
 
     config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[cfg.method]
     dataset = _prompts(datasets.load_from_disk(cfg.dataset))
@@ -54,7 +54,7 @@ def run(cfg, log) -> dict:
     watch, watch_pool = _watch(cfg, tokenizer, reward, log)
     callbacks = [progress_callback(cfg.method, log)]
     if watch:
-        from ..evaluate.watch import trl_callback
+        from .watch import trl_callback
 
         callbacks.append(trl_callback(watch))
     try:
@@ -79,7 +79,7 @@ def _watch(cfg, tokenizer, reward, log):
     """The reward-hacking watch when the config asks for one; (watch or None, its own engine pool or None)."""
     if cfg.watch is None:
         return None, None
-    from ..evaluate.watch import build_watch
+    from .watch import build_watch
 
     return build_watch(cfg, tokenizer, reward if cfg.reward.judge is not None else None, log)
 
@@ -89,7 +89,7 @@ def run_ppo(cfg, log) -> dict:
     the chat template once, and the reward receives the same messages (never a rendered string)."""
     import datasets
 
-    from ..models import resolve_model
+    from ..backends.pool import resolve_model
     from .ppo import PPOConfig, train_ppo
 
     path = resolve_model(cfg.model)

@@ -18,9 +18,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from .. import atomic
-from .ppo_math import (AdaptiveKLController, FixedKLController, completion_mask, entropy_from_logits,  # noqa: F401
-                       gae, logprobs_from_logits, masked_mean, masked_whiten, per_token_rewards, policy_loss, value_loss)
+from ..rundir import atomic
+from .ppo_math import AdaptiveKLController, FixedKLController, completion_mask, entropy_from_logits, gae, logprobs_from_logits, masked_mean, masked_whiten, per_token_rewards, policy_loss, value_loss
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 

@@ -1,5 +1,5 @@
 """PPO's math as pure functions on tensors: log-probabilities, masks, per-token rewards, GAE, the clipped policy and
-value losses, and the KL coefficient controllers (rlaif.train.ppo uses them; tests/test_ppo.py pins each by hand).
+value losses, and the KL coefficient controllers (rlaif.train.ppo uses them; tests/train/test_ppo.py pins each by hand).
 
 Shapes: B sequences, T completion tokens, V vocabulary.
 """

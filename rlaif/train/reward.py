@@ -39,7 +39,7 @@ def run(cfg, log) -> dict:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig
 
-    from ..models import resolve_model
+    from ..backends.pool import resolve_model
 
     args = trl_args(RewardConfig, cfg)
     dataset = datasets.load_from_disk(cfg.dataset)

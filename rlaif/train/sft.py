@@ -24,7 +24,7 @@ def build_trainer(cfg, log):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from ..models import resolve_model
+    from ..backends.pool import resolve_model
 
     args = trl_args(SFTConfig, cfg)  # before the weights: a bad value fails in a second, not after loading
     dataset = datasets.load_from_disk(cfg.dataset)

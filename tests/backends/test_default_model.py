@@ -8,7 +8,7 @@ import pytest
 
 from rlaif.backends.base import Request, Sampling
 from rlaif.backends.default_model import MARKER, default_model_dir, prepare
-from rlaif.models import resolve_model
+from rlaif.backends.pool import resolve_model
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ import pytest
 
 from rlaif.backends.openai import OpenAIGenerator, ServerError
 
-from ..conftest import ROOT
+from tests.conftest import ROOT
 
-from .test_openai import Handler, Script, prompt
+from tests.backends.test_openai import Handler, Script, prompt
 
 KEY = "sk-live-9f8e7d6c5b4a3210REDACTME"
 

@@ -16,7 +16,7 @@ from rlaif.backends.endpoints import Cancelled, Endpoint, EndpointPool, Lease
 from rlaif.backends.openai import OpenAIGenerator, ServerError
 from rlaif.errors import UserError
 
-from .test_openai import Handler, Script, free_port, prompt
+from tests.backends.test_openai import Handler, Script, free_port, prompt
 
 
 class TrackedHandler(Handler):
@@ -283,7 +283,7 @@ def test_pipeline_through_a_pool(servers, tmp_path):
 
 
 def test_plan_warns_for_an_unreachable_server_and_fails_when_none_answers(servers, tmp_path, caplog):
-    from rlaif.config import load_pipeline
+    from rlaif.spec.config import load_pipeline
     from rlaif.pipeline import plan
 
     live, dead = servers(), f"http://127.0.0.1:{free_port()}/v1"

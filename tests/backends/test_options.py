@@ -10,12 +10,12 @@ import pytest
 
 from rlaif.backends.base import Request
 from rlaif.backends.options import Spelling, option_logprobs, prompt_text, spellings, text_ids
-from rlaif.config import JudgeConfig, ScoreConfig
+from rlaif.spec.config import JudgeConfig, ScoreConfig
 from rlaif.stages.judge import OPTIONS, Candidate, Comparison, judge
 from rlaif.stages.score import RATINGS, score
 
-from ..conftest import stage_context
-from ..tiny_tokenizers import TOKENIZERS, bigram_model, softmax_row
+from tests.conftest import stage_context
+from tests.tiny_tokenizers import TOKENIZERS, bigram_model, softmax_row
 
 # per tokenizer: the last context token after the judge's "The answer is: (" and the option tokens read there
 # (plain, then with a leading space); the score's "Rating (1 to 10): ": last context token, "7" and "10"

@@ -9,19 +9,19 @@ from rich.console import Console
 
 from rlaif.backends.base import Request, Sampling
 from rlaif.backends.scripted import ScriptedGenerator
-from rlaif.config import CritiqueConfig, JudgeConfig, RespondConfig, ScoreConfig
-from rlaif.constitution import load_constitution
-from rlaif.inputs import load_prompts
+from rlaif.spec.config import CritiqueConfig, JudgeConfig, RespondConfig, ScoreConfig
+from rlaif.spec.constitution import load_constitution
+from rlaif.spec.inputs import load_prompts
 from rlaif.progress import Reporter
 from rlaif.stages.common import StageContext
 from rlaif.stages.critique import critique
 from rlaif.stages.judge import build_comparisons, judge
 from rlaif.stages.respond import respond
 from rlaif.stages.score import score
-from rlaif.store import Store
-from rlaif.templates import Templates
+from rlaif.rundir.store import Store
+from rlaif.spec.templates import Templates
 
-from ..conftest import ROOT
+from tests.conftest import ROOT
 
 
 def test_replies_are_deterministic_varied_and_bounded():

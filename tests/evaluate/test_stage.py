@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from rlaif.cli import main
 
-from ..conftest import write_pipeline
+from tests.conftest import write_pipeline
 
 # random tiny models: their labels sit near 0.5 and their answers run to max_tokens, so keep what the filters would drop
 STAGES = ("stages:\n  respond: {n: 2, max_tokens: 8}\n  judge: {revisions: false, min_option_mass: 0, drop_ties: false}\n"
@@ -45,7 +45,7 @@ def test_eval_stage_after_dpo(workdir, tiny_chat_model):
 def test_eval_compares_like_with_like_and_takes_another_judge(workdir, tiny_base_model, tiny_chat_model):
     """F1: the trained model has the chat template training saved, the base start none; both must answer in the
     start's completion format with the same stop strings. The judge is a second model: no self-preference."""
-    from rlaif.store import Store
+    from rlaif.rundir.store import Store
 
     pipe = _pipeline(workdir, tiny_base_model, "  eval: {prompts: held.txt, harmless: red.txt, max_tokens: 6, principles: 1}\n")
     judge = [f"models.judge.model={tiny_chat_model}", "models.judge.backend=hf", "models.judge.dtype=float32"]

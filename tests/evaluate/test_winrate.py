@@ -8,14 +8,14 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from rlaif import models
+from rlaif.backends import pool as models
 from rlaif.backends.base import Completion, Output
 from rlaif.cli import main
-from rlaif.constitution import load_constitution
-from rlaif.evaluate.stats import bootstrap_ci, mean_ci, wilson_ci
-from rlaif.evaluate.winrate import outcome, summarise
+from rlaif.spec.constitution import load_constitution
+from rlaif.stats import bootstrap_ci, mean_ci, wilson_ci
+from rlaif.stages.compare import outcome, summarise
 
-from ..test_judge import BiasedJudge
+from tests.stages.test_judge import BiasedJudge
 
 
 @pytest.mark.parametrize("label,band,expected", [
