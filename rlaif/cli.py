@@ -109,13 +109,15 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
               help="Instead: write the preference pairs for people as FILE.csv and FILE.jsonl.")
 def export_command(run_dir, fmt, out, push_to_hub, annotation):
     """Export RUN_DIR's datasets with a dataset card, or its pairs for human annotation."""
-    from .export.publish import export, for_annotation
-
     if annotation:
+        from .human.annotate import for_annotation
+
         csv_path, jsonl_path, n = for_annotation(run_dir, annotation)
         click.echo(f"{n} pairs for annotation: {csv_path}  {jsonl_path}")
         click.echo("annotators fill `verdict` with a, b or tie, and optionally `annotator` and `comment`")
         return
+    from .export.publish import export
+
     out_dir = export(run_dir, fmt, out, push_to_hub)
     click.echo(f"exported to {out_dir} (dataset card: {out_dir / 'README.md'})")
 

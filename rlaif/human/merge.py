@@ -21,8 +21,9 @@ from ..rundir.guard import LOG_NAME, read_run_json
 from ..rundir.lock import run_lock
 from ..runlog import capture
 from ..export.pairs import oriented
-from ..export.publish import load_run, read_order, unique_pairs
+from ..export.publish import load_run, unique_pairs
 from ..rundir.store import readable
+from .annotate import read_order
 from .read import Reject, read_labels
 
 POLICIES = ("human-overrides", "ai-where-missing", "weighted")

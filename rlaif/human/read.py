@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..spec.inputs import ROLES, check_file, csv_rows, parse_json_line
-from ..export.publish import from_spreadsheet
 from ..spec.loader import short
+from .annotate import from_spreadsheet
 
 VERDICTS = {"a": "a", "b": "b", "tie": "tie", "response_a": "a", "response_b": "b", "=": "tie", "equal": "tie", "same": "tie"}
 

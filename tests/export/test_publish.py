@@ -1,8 +1,7 @@
-"""`rlaif export`: formats, the dataset card, pairs for annotation, and its bad inputs."""
+"""`rlaif export`: formats, the dataset card, and its bad inputs."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import datasets
@@ -76,24 +75,6 @@ def test_export_merges_the_duplicate_pairs_of_an_older_run(run_dir, tmp_path):
     assert merged["chosen"] == prefs[0]["chosen"] and merged["p_chosen"] == pytest.approx(prefs[0]["p_chosen"])
     assert merged["signals"] == ["judge", "score"] and merged["conflict"] is True and merged["label_source"] == "judge"
     assert (merged["score_chosen"], merged["score_rejected"]) == (4.3, 7.0)  # the scores follow their answers
-
-
-def test_for_annotation(run_dir, tmp_path):
-    result = CliRunner().invoke(main, ["export", str(run_dir), "--for-annotation", str(tmp_path / "ann.csv")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader((tmp_path / "ann.csv").open()))
-    jrows = [json.loads(x) for x in (tmp_path / "ann.jsonl").read_text().splitlines()]
-    prefs = {r["pair_id"]: r for r in datasets.load_from_disk(str(run_dir / "prefs"))}
-    assert len(rows) == len(jrows) == len(prefs) and [r["pair_id"] for r in rows] == [r["pair_id"] for r in jrows]
-    order = json.loads((run_dir / "annotation_order.json").read_text())
-    sides = set()
-    for r in rows:
-        assert r["verdict"] == "" and r["annotator"] == ""
-        pair = prefs[r["pair_id"]]
-        a_side = order[r["pair_id"]]["a"]
-        assert r["response_a"] == pair[a_side][0]["content"]
-        sides.add(a_side)
-    assert sides == {"chosen", "rejected"} or len(rows) < 4  # the order is randomised per pair
 
 
 @pytest.mark.parametrize("setup, pattern", [

@@ -216,7 +216,7 @@ def test_annotation_csv_neutralises_formulas_and_merge_reads_it_back(hostile_run
             texts += text[:1] in "=+-@\t\r'"
     assert texts >= len(HOSTILE) - 2  # the prompts and answers really started with those characters
     # the JSONL keeps the raw text; reading the CSV back gives the raw text too, a leading "'" included
-    from rlaif.export.publish import from_spreadsheet
+    from rlaif.human.annotate import from_spreadsheet
 
     assert [from_spreadsheet(c) | {"verdict": "", "annotator": "", "comment": ""} for c in cells] == raw
     assert any(r["prompt"].startswith("'quoted") for r in raw)
