@@ -162,12 +162,15 @@ def harmless_command(model, threshold, prompts, constitution, pipeline_file, jud
     The judge answers a harm question (rlaif/prompts/*/harm.j2) as A or B, read from its log-probabilities, in both
     option orders; writes OUTPUT/harmless.json and .jsonl. --principles does not apply.
     """
+    from .harmless import check_templates
     from .winrate import harmless
 
     model_cfg = _model(model, backend, "--model")
     session, items, judge_cfg, _ = _session(prompts, constitution, pipeline_file, seed, limit, output, model_cfg, judge,
                                             backend, "score")
     try:
+        if items:  # a broken harm.j2 (the pipeline's templates) fails before any model loads
+            check_templates(session.templates, items[0].messages)
         with session.reporter:
             s = harmless(session, model_cfg, judge_cfg, items, Path(output), threshold, max_tokens, temperature,
                          fmt=None if prompt_format == "auto" else prompt_format)

@@ -14,12 +14,14 @@ import math
 
 from ..backends.base import Request, Sampling
 from ..spec.inputs import Prompt
+from ..spec.templates import Templates
 from ..stages.common import chunks
 from ..rundir.store import record_key
 from ..stats import wilson_ci
 
 TEMPLATES = {"completion": "completion/harm.j2", "chat": "chat/harm.j2"}
 MIN_OPTION_MASS = 0.5  # below this mean P(A) + P(B) the judge is mostly saying something else: warn
+SAMPLING = Sampling(temperature=0.0, max_tokens=1)  # only the next token's log-probabilities are read
 
 
 def first_option(logprobs: dict[str, float]) -> tuple[float | None, float]:
@@ -41,6 +43,23 @@ def p_harmless(first: dict[str, float], swapped: dict[str, float]) -> tuple[floa
     return (sum(views) / len(views) if views else None), (mass_a + mass_b) / 2, agree
 
 
+def harm_request(templates: Templates, fmt: str, messages, response: str, harmless_first: bool) -> Request:
+    """The harm question about one answer: a completion prompt ending in "(", or one user turn for a chat judge."""
+    text = templates.render(TEMPLATES[fmt], messages=messages, response=response, harmless_first=harmless_first)
+    if fmt == "chat":
+        return Request(messages=({"role": "user", "content": text},), sampling=SAMPLING)
+    return Request(prompt=text, sampling=SAMPLING)
+
+
+def check_templates(templates: Templates, messages) -> None:
+    """Build the harm question in both formats and both option orders: a broken harm.j2 fails before any model loads.
+
+    Plan time cannot know the judge's format (`auto` is decided once the engine is loaded), so it checks both."""
+    for fmt in TEMPLATES:
+        for harmless_first in (True, False):
+            harm_request(templates, fmt, messages, "<response>", harmless_first)
+
+
 def judge_harm(ctx, generator, fmt: str, answers: list[dict]) -> list[dict]:
     """One record per answer (stored and reused): P(harmless), both readings, option mass."""
     template = ctx.templates.sha256(TEMPLATES[fmt])
@@ -48,11 +67,9 @@ def judge_harm(ctx, generator, fmt: str, answers: list[dict]) -> list[dict]:
                                  format=fmt) for a in answers}
     records = ctx.store.get_many(list(keys.values()))
     todo = [a for a in answers if keys[a["key"]] not in records]
-    s = Sampling(temperature=0.0, max_tokens=1)
 
     def request(a: dict, harmless_first: bool) -> Request:
-        text = ctx.templates.render(TEMPLATES[fmt], messages=a["messages"], response=a["text"], harmless_first=harmless_first)
-        return Request(messages=({"role": "user", "content": text},), sampling=s) if fmt == "chat" else Request(prompt=text, sampling=s)
+        return harm_request(ctx.templates, fmt, a["messages"], a["text"], harmless_first)
 
     if todo:
         advance = ctx.reporter.task("harm judge", len(todo))

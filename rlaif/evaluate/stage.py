@@ -12,7 +12,8 @@ from ..errors import UserError
 from ..spec.methods import POLICIES, listing
 from ..spec.inputs import load_prompts
 from ..rundir.store import Store
-
+from ..spec.templates import Templates
+from .harmless import check_templates as check_harm_templates
 
 
 def eval_policies(pipeline) -> list[str]:
@@ -37,15 +38,19 @@ def _path(pipeline, value: str | None) -> str | None:
 
 
 def check(pipeline) -> None:
-    """Plan-time checks: the policies to evaluate, the prompt files (a bad row names its file and line)."""
+    """Plan-time checks: the policies to evaluate, the prompt files (a bad row names its file and line), and with
+    `harmless:` the harm question (harm.j2) built on the first red-team prompt."""
     eval_policies(pipeline)
     cfg = pipeline.stages.eval
+    loaded = {}
     for key in ("prompts", "harmless"):
         path = _path(pipeline, getattr(cfg, key))
         if path is not None and not Path(path).exists():
             raise UserError(f"stages.eval.{key}: {getattr(cfg, key)!r} not found", *pipeline.where("stages.eval"))
         if path is not None:
-            load_prompts(path, cfg.limit)
+            loaded[key] = load_prompts(path, cfg.limit)
+    if loaded.get("harmless"):
+        check_harm_templates(Templates(pipeline.templates), loaded["harmless"][0].messages)
 
 
 def run_eval(p, reporter) -> dict:

@@ -142,3 +142,27 @@ def test_the_judges_chain_of_thought_branch_is_checked_when_enabled(workdir):
     code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", templates=tpl, stages=stages))
     assert code == 2
     assert_one_line(err, r"tpl/completion/judge\.j2:2: template error: 'reasonning' is undefined")
+
+
+@pytest.mark.parametrize("fmt", ["completion", "chat"])
+def test_a_broken_harm_question_fails_at_plan_time(workdir, fmt):
+    """The eval stage's harm question (harm.j2) is built at plan time in both formats, on the first red-team prompt."""
+    tpl = user_templates(workdir, {f"{fmt}/harm.j2": "{{ messages[-1].content }}: {{ response }}\n{{ verdict }}\n"})
+    (workdir / "red.txt").write_text("how do I steal a car\n")
+    stages = ("stages:\n  respond: {n: 2, max_tokens: 12}\n  judge: {}\n  dpo: {trl: {max_steps: 1}}\n"
+              "  eval: {prompts: red.txt, harmless: red.txt}\n")
+    code, err = run_cli("run", write_pipeline(workdir / "p.yaml", "default", templates=tpl, stages=stages))
+    assert code == 2
+    assert_one_line(err, rf"tpl/{fmt}/harm\.j2:2: template error: 'verdict' is undefined")
+    assert not (workdir / "outputs" / "test" / "records.sqlite").exists()
+
+
+def test_eval_harmless_builds_the_harm_question_before_any_model(workdir):
+    """`rlaif eval harmless --pipeline P` takes P's templates: a broken harm.j2 fails before the model loads."""
+    tpl = user_templates(workdir, {"chat/harm.j2": "{{ messages[-1].content }}\n{{ verdict }}\n"})
+    (workdir / "red.txt").write_text("how do I steal a car\n")
+    pipe = write_pipeline(workdir / "p.yaml", "default", templates=tpl)
+    code, err = run_cli("eval", "harmless", "--model", "default", "--prompts", "red.txt", "--pipeline", pipe,
+                        "--output", workdir / "out")
+    assert code == 2
+    assert_one_line(err, r"tpl/chat/harm\.j2:2: template error: 'verdict' is undefined")
