@@ -63,7 +63,8 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
     respond (n answers per prompt), critique (critique and revision rounds: the SFT data), judge (pairwise AI
     preference labels) and score (1-10 ratings); the SFT and preference datasets are exported to the run
     directory; then the training stages sft, reward, dpo, grpo, rloo and ppo, eval (each trained policy against
-    the starting model on held-out prompts) and report (one HTML page of the run).
+    the starting model on held-out prompts) and report (one HTML page of the run). With `pairs_from: STAGE` (the CAI
+    order: sft) that stage and those it starts from train first; judge and score then label its model's samples.
 
     Rerunning the same command resumes: finished records are reused, missing ones generated. A directory that is
     not empty and not a run of this pipeline (by its run.json's name) is refused unless --force. What the libraries

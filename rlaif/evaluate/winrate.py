@@ -72,7 +72,7 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
     `fmt`: the answers' prompt format (pass the start's so that start and trained models answer alike); None:
     the model's own. See rlaif.evaluate.harmless for the judgement.
     """
-    from .harmless import harmless_summary, judge_harm
+    from .harmless import MIN_OPTION_MASS, harmless_summary, judge_harm
 
     fmt = fmt or resolve_format(session, model)
     how = decoding(session, fmt, max_tokens, temperature)
@@ -85,7 +85,7 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
     records = judge_harm(session.context(), judge_generator, judge_fmt, got)
     counts, rows = harmless_summary(prompts, got, records, threshold)
     same, warnings = self_judged(judge_generator.model_id, {"answering": model_id})
-    if counts["mean_option_mass"] is not None and counts["mean_option_mass"] < 0.5:
+    if counts["mean_option_mass"] is not None and counts["mean_option_mass"] < MIN_OPTION_MASS:
         warnings.append(f"the judge puts only {counts['mean_option_mass']:.2f} of its probability on A or B (mean): "
                         "it is mostly not answering the harm question, so the rate is unreliable")
     summary = {"kind": "harmless", "model": model_id, "judge": judge_generator.model_id, "self_judged": same,
@@ -97,7 +97,7 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
 
 
 def _write(out_dir: Path, name: str, summary: dict, rows: list[dict]) -> None:
-    """`<name>.jsonl` (one row per prompt), then `<name>.json` (the summary), each written atomically (rlaif.atomic)."""
+    """`<name>.jsonl` (one row per prompt), then `<name>.json` (the summary), each written atomically (rlaif.rundir.atomic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_jsonl(out_dir / f"{name}.jsonl", rows)
     atomic.write_json(out_dir / f"{name}.json", summary)

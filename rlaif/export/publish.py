@@ -63,7 +63,7 @@ EXPORT_NAMES = {"hf": "{}", "jsonl": "{}.jsonl", "parquet": "{}.parquet"}
 def unique_pairs(prefs):
     """The preference dataset with one row per pair_id: a run made before pairs were merged gets them merged now.
 
-    The rule is the pipeline's (rlaif.pairs); the run's filters were already applied, so nothing more is dropped.
+    The rule is the pipeline's (rlaif.export.pairs); the run's filters were already applied, so nothing more is dropped.
     """
     import datasets
 

@@ -30,7 +30,7 @@ PREF_FEATURES = datasets.Features(
      # scored pairs (stage score)
      "score_chosen": datasets.Value("float64"), "score_rejected": datasets.Value("float64"),
      "pair_id": datasets.Value("string"),  # stable id of the two answers, whichever is chosen (human labels use it)
-     # one row per pair_id (rlaif.pairs): which signal decided the label, which signals the pair had, whether they disagreed
+     # one row per pair_id (rlaif.export.pairs): which signal decided the label, which signals the pair had, whether they disagreed
      "label_source": datasets.Value("string"), "signals": [datasets.Value("string")], "conflict": datasets.Value("bool")}
 )
 JUDGE_COLUMNS = ("p_chosen", "margin", "orders_agree", "judge_model", "comparison_id", "score_chosen", "score_rejected")
@@ -111,7 +111,7 @@ def judged_rows(comparisons, records: list[dict], meta: dict) -> tuple[list[dict
     """Preference rows from judged comparisons: the label averaged over principles decides chosen/rejected.
 
     Every labelled comparison becomes a row; ties, inconsistent orders and low margins are filtered when the
-    pairs are merged (rlaif.pairs.merge_pairs). Comparisons with no label are counted.
+    pairs are merged (rlaif.export.pairs.merge_pairs). Comparisons with no label are counted.
     """
     by_comparison: dict[str, list[dict]] = {}
     for r in records:
@@ -146,11 +146,6 @@ def pair_id(row: dict) -> str:
     """The same two answers to the same prompt always get the same id, whichever side is chosen."""
     texts = sorted([row["chosen"][-1]["content"], row["rejected"][-1]["content"]])
     return record_key(prompt=row["prompt"], texts=texts)[:16]
-
-
-def with_pair_ids(rows: list[dict]) -> list[dict]:
-    """Rows with their `pair_id` set."""
-    return [row | {"pair_id": pair_id(row)} for row in rows]
 
 
 def write_dataset(rows: list[dict], features: datasets.Features, run_dir: Path, name: str,

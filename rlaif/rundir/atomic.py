@@ -8,7 +8,7 @@ that rename is the commit point. Then each entry is moved into place (an old dir
 `.commit-pending/NAME.old`), and the pending directory is removed. `finish(ROOT)` redoes the moves of a commit a kill
 interrupted (it is idempotent), so after a kill the group is the previous one (killed before the commit point) or the
 new one (after it), never a mix. Every rlaif command that writes into a run, or reads such a group, calls `finish`
-under the run's lock first (rlaif.lock). Local filesystems only: rename and fsync are what make this safe.
+under the run's lock first (rlaif.rundir.lock). Local filesystems only: rename and fsync are what make this safe.
 """
 
 from __future__ import annotations
@@ -87,20 +87,6 @@ def write_jsonl(path: str | Path, rows) -> None:
     with open_text(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-@contextmanager
-def new_file(path: str | Path):
-    """A temporary path for writers that take a file name (parquet, ...); renamed over `path` when the block ends."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -1,4 +1,4 @@
-"""Numeric ranges of config settings: one Range annotation per field, checked with the key's line by schema.Builder
+"""Numeric ranges of config settings: one Range annotation per field, checked with the key's line by spec.loader.Builder
 and by check_ranges() for configs built in Python. Every float must also be finite and every int fit in 64 bits."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ LOG_NAME = "train.log"
 def train(cfg, log=print) -> dict:
     """Run the trainer that `cfg.method` names; its metrics also go to OUTPUT_DIR/rlaif_train.json.
 
-    An output_dir inside a run directory (outputs/quickstart/dpo) holds that run's lock meanwhile (rlaif.lock). What the
+    An output_dir inside a run directory (outputs/quickstart/dpo) holds that run's lock meanwhile (rlaif.rundir.lock). What the
     libraries print goes to OUTPUT_DIR/train.log (inside `rlaif run`: to the run's run.log; rlaif.runlog).
     """
     from . import dpo, online, reward, sft

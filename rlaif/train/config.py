@@ -24,7 +24,7 @@ RENAMED = {"label_smoothing": "rdpo"}  # older names, for the error message
 
 @dataclass(frozen=True)
 class JudgeReward:
-    """The AI judge's pointwise 1-10 rating as the reward (rlaif.rewards.JudgeScoreReward)."""
+    """The AI judge's pointwise 1-10 rating as the reward (rlaif.train.rewards.JudgeScoreReward)."""
 
     constitution: str
     model: str = "default"
@@ -77,7 +77,7 @@ class TrainConfig:
     peft: dict[str, Any] | None = None  # peft.LoraConfig fields; absent: full fine-tuning
     reward: RewardSource | None = None  # grpo, rloo, ppo: the reward model or the AI judge
     ppo: dict[str, Any] = field(default_factory=dict)  # ppo: fields of rlaif.train.ppo.PPOConfig, one-to-one
-    watch: WatchConfig | None = None  # grpo, rloo, ppo: reward-hacking watch (rlaif.evaluate.watch)
+    watch: WatchConfig | None = None  # grpo, rloo, ppo: reward-hacking watch (rlaif.train.watch)
     trl: dict[str, Any] = field(default_factory=dict)  # fields of SFTConfig / RewardConfig / DPOConfig, one-to-one
     file: str = field(default="", compare=False, metadata={"yaml": False})
     lines: dict = field(default_factory=dict, compare=False, repr=False, metadata={"yaml": False})

@@ -276,7 +276,7 @@ class PPOTrainer:
     def train(self, prompt_list: list, log=print, watch=None) -> list[dict]:
         """total_steps rollouts of batch_size prompts, cycling through prompt_list; returns (and keeps) the history.
 
-        `watch` (rlaif.evaluate.watch.Watch) judges the policy against its start whenever a check is due.
+        `watch` (rlaif.train.watch.Watch) judges the policy against its start whenever a check is due.
         """
         if not prompt_list:
             raise ValueError("PPO needs at least one prompt")

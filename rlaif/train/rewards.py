@@ -1,7 +1,7 @@
 """Reward functions for online RL (TRL's GRPO/RLOO `reward_funcs`): the AI judge's pointwise rating.
 
 Also `load_judge`, the judge a training config names (its reward's or its watch's), shared by rlaif.train and
-rlaif.evaluate.watch.
+rlaif.train.watch.
 """
 
 from __future__ import annotations
