@@ -184,14 +184,11 @@ def human(run: RunDir, out: Path) -> dict:
 
 
 def _history(run: RunDir, method: str, metrics: dict) -> list[dict]:
-    """Per-step rows: PPO's history file, else TRL's log_history, else what rlaif_train.json kept."""
-    if method == "ppo" and (rows := run.jsonl(f"{run.method_dir(method)}/ppo_history.jsonl")):
+    """Per-step rows: rlaif_train.json's metrics.history, {step, loss, ...} per row for every trainer (rlaif.train.common)."""
+    rows = metrics.get("history")
+    if isinstance(rows, list) and rows and all(isinstance(h, dict) and "step" in h and "loss" in h for h in rows):
         return rows
-    if rows := run.log_history(method):
-        return rows
-    if isinstance(metrics.get("history"), list):
-        return [h for h in metrics["history"] if isinstance(h, dict)]
-    return [{"step": i + 1, "loss": v} for i, v in enumerate(metrics.get("losses") or [])]
+    return run.older_history(method, metrics)  # a run directory from before the uniform rows
 
 
 def _lines(history: list[dict], keys: tuple[str, ...]) -> dict:
