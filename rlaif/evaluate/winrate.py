@@ -31,11 +31,8 @@ def _judge_config(judge_cfg: JudgeConfig | None, constitution: Constitution, pri
 
 
 def headline(name: str, value: float | None, ci95: list | None, unit: str = "rate") -> dict:
-    """Every eval summary's main number in one shape: the summary key it repeats, its value, 95% interval, unit.
-
-    `unit` "rate" (a share in [0, 1]: win rate, harmless rate, accuracy) or "nats" (KL); per_principle rows, where a
-    summary has them, hold the same `name` key. The report and `rlaif run` read only this block.
-    """
+    """Every eval summary's main number in one shape, which the report and `rlaif run` read (docs/evaluation.md)."""
+    # name: the summary key it repeats (per_principle rows hold the same key); unit: "rate" (a share) or "nats" (KL)
     return {"name": name, "value": value, "ci95": ci95, "unit": unit}
 
 
@@ -64,7 +61,8 @@ def winrate(session: Session, policy: ModelConfig, baseline: ModelConfig, judge_
     if overall["position_consistency"] is not None and overall["position_consistency"] < CONSISTENCY_WARNING:
         warnings.append(f"the judge's position consistency on these pairs is {overall['position_consistency']:.2f} "
                         f"(below {CONSISTENCY_WARNING}): its verdicts are close to chance")
-    summary = {"kind": "winrate", "headline": headline("win_rate", overall["win_rate"], overall["ci95"]), "policy": sides["policy"]["model"], "baseline": sides["baseline"]["model"],
+    summary = {"kind": "winrate", "headline": headline("win_rate", overall["win_rate"], overall["ci95"]),
+               "policy": sides["policy"]["model"], "baseline": sides["baseline"]["model"],
                "judge": judge_generator.model_id, "self_judged": same, "prompt_format": fmt,
                "sides": {"policy": sides["policy"], "baseline": sides["baseline"]},
                "constitution": session.constitution.name, "constitution_sha256": session.constitution.sha256,
@@ -99,7 +97,8 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
     if counts["mean_option_mass"] is not None and counts["mean_option_mass"] < 0.5:
         warnings.append(f"the judge puts only {counts['mean_option_mass']:.2f} of its probability on A or B (mean): "
                         "it is mostly not answering the harm question, so the rate is unreliable")
-    summary = {"kind": "harmless", "headline": headline("rate", counts["rate"], counts["ci95"]), "model": model_id, "judge": judge_generator.model_id, "self_judged": same,
+    summary = {"kind": "harmless", "headline": headline("rate", counts["rate"], counts["ci95"]), "model": model_id,
+               "judge": judge_generator.model_id, "self_judged": same,
                "question": "rlaif/prompts/{completion,chat}/harm.j2, both option orders", "prompt_format": fmt,
                "sides": {"answering": side(model_id, got, how)}, "constitution": session.constitution.name,
                "constitution_sha256": session.constitution.sha256, **counts, "warnings": warnings}

@@ -104,8 +104,8 @@ class RunDir:
         return None
 
     def older_history(self, method: str, metrics: dict) -> list[dict]:
-        """Per-step rows of a run written before every trainer kept {step, loss, ...} rows as metrics.history:
-        PPO's history file, else TRL's log_history, else the rows (or losses) its rlaif_train.json `metrics` kept."""
+        """Per-step rows of an older run (before metrics.history had {step, loss} rows for every trainer)."""
+        # what those versions left: PPO's history file, else TRL's log_history, else rlaif_train.json's rows or losses
         if method == "ppo" and (rows := self.jsonl(f"{self.method_dir(method)}/ppo_history.jsonl")):
             return rows
         if rows := self.log_history(method):

@@ -71,17 +71,14 @@ def trl_args(cls, cfg, **extra):
 
 
 def history(rows: list[dict]) -> list[dict]:
-    """The per-step rows every trainer records as metrics.history: {step, loss, ...the row's other numbers}.
-
-    `rows`: TRL's state.log_history (its eval rows and final summary row have no `loss` and are left out) or PPO's
-    history. One shape for every method, so the report reads one key (report/sections.py `_history`).
-    """
+    """metrics.history, one shape for every trainer: {step, loss, ...the row's other numbers} per TRL log or PPO row."""
     def numeric(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    return [{"step": int(h["step"]), "loss": float(h["loss"]), **{k: v for k, v in h.items() if numeric(v)
-                                                                   and k not in ("step", "loss")}}
-            for h in rows if numeric(h.get("loss")) and numeric(h.get("step"))]
+    # TRL's eval rows and its final summary row have no training `loss`: they are not steps of the curve
+    rows = [h for h in rows if numeric(h.get("loss")) and numeric(h.get("step"))]
+    return [{"step": int(h["step"]), "loss": float(h["loss"]),
+             **{k: v for k, v in h.items() if numeric(v) and k not in ("step", "loss")}} for h in rows]
 
 
 SHOWN_METRICS = ("loss", "grad_norm", "reward", "rewards/accuracies", "kl", "eval_loss", "eval_accuracy")
