@@ -89,10 +89,10 @@ def run(pipeline, constitution, prompts, limit, output, overrides, force):
         click.echo(f"  {method:<6}{m['steps']:>5} steps {stage_output(p.pipeline, p.run_dir, method)}/  "
                    f"(train loss {m['train_loss']:.4f})")
     for name, r in c.get("eval", {}).items():
-        value, what = (r["win_rate"], "win rate over the start") if "win_rate" in r else (r["rate"], "harmless")
-        shown = "n/a" if value is None else f"{value:.3f}" + (f" [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r["ci95"] else "")
+        value, ci, winrate = r["headline"]["value"], r["headline"]["ci95"], r["headline"]["name"] == "win_rate"
+        shown = "n/a" if value is None else f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         judged = f", judged by the {' and '.join(r['self_judged'])} model itself" if r.get("self_judged") else ""
-        alike = "on both sides" if "win_rate" in r else "as for every model"
+        what, alike = ("win rate over the start", "on both sides") if winrate else ("harmless", "as for every model")
         click.echo(f"  eval  {name:<16} {what} {shown} ({r.get('prompt_format')} format {alike}{judged})  "
                    f"{p.run_dir / 'eval' / name}.json")
     for warning in info.get("warnings", []):

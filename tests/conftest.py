@@ -107,3 +107,16 @@ def stage_context(directory: Path, batch_size: int = 4, seed: int = 0):
     directory.mkdir(parents=True, exist_ok=True)
     return StageContext(Store(directory / "records.sqlite"), load_constitution(ROOT / "constitutions" / "harmless.yaml"),
                         Templates(), Reporter(Console(file=io.StringIO())), seed=seed, batch_size=batch_size)
+
+
+def assert_history(record: dict, steps: int) -> list[dict]:
+    """rlaif_train.json's metrics.history in the one shape every trainer writes: a row per logged step 1..steps, each
+    {step: int, loss: finite float, ...other numbers}."""
+    import math
+
+    history = record["metrics"]["history"]
+    assert [h["step"] for h in history] == list(range(1, steps + 1)), history
+    for h in history:
+        assert isinstance(h["step"], int) and isinstance(h["loss"], float) and math.isfinite(h["loss"]), h
+        assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h.values()), h
+    return history

@@ -128,15 +128,18 @@ def winrate_command(policy, baseline, tie_band, prompts, constitution, pipeline_
     Prints the win rate with a 95% bootstrap interval over prompts, ties and per-principle results;
     writes OUTPUT/winrate.json and OUTPUT/winrate.jsonl (one row per prompt). Rerunning resumes.
     """
+    from ..spec.config import EvalConfig
     from .winrate import winrate
 
+    eval_settings = EvalConfig(prompts=prompts, limit=limit, max_tokens=max_tokens, temperature=temperature,
+                               principles=principles, tie_band=tie_band)
     policy_cfg, baseline_cfg = _model(policy, backend, "--policy"), _model(baseline, backend, "--baseline")
-    session, items, judge_cfg, settings = _session(prompts, constitution, pipeline_file, seed, limit, output, baseline_cfg,
-                                                   judge, backend, "judge")
+    session, items, judge_cfg, judge_settings = _session(prompts, constitution, pipeline_file, seed, limit, output,
+                                                         baseline_cfg, judge, backend, "judge")
     try:
         with session.reporter:
-            s = winrate(session, policy_cfg, baseline_cfg, judge_cfg, items, Path(output), max_tokens, temperature, principles,
-                        tie_band, settings, fmt=None if prompt_format == "auto" else prompt_format)
+            s = winrate(session, policy_cfg, baseline_cfg, judge_cfg, items, Path(output), eval_settings, judge_settings,
+                        fmt=None if prompt_format == "auto" else prompt_format)
     finally:
         session.close()
     echo(f"win rate of {policy} over {baseline}: {_rate(s['win_rate'], s['ci95'])} on {s['judged']} prompts "
@@ -162,9 +165,12 @@ def harmless_command(model, threshold, prompts, constitution, pipeline_file, jud
     The judge answers a harm question (rlaif/prompts/*/harm.j2) as A or B, read from its log-probabilities, in both
     option orders; writes OUTPUT/harmless.json and .jsonl. --principles does not apply.
     """
+    from ..spec.config import EvalConfig
     from .harmless import check_templates
     from .winrate import harmless
 
+    eval_settings = EvalConfig(prompts=prompts, limit=limit, max_tokens=max_tokens, temperature=temperature,
+                               principles=principles, threshold=threshold)
     model_cfg = _model(model, backend, "--model")
     session, items, judge_cfg, _ = _session(prompts, constitution, pipeline_file, seed, limit, output, model_cfg, judge,
                                             backend, "score")
@@ -172,7 +178,7 @@ def harmless_command(model, threshold, prompts, constitution, pipeline_file, jud
         if items:  # a broken harm.j2 (the pipeline's templates) fails before any model loads
             check_templates(session.templates, items[0].messages)
         with session.reporter:
-            s = harmless(session, model_cfg, judge_cfg, items, Path(output), threshold, max_tokens, temperature,
+            s = harmless(session, model_cfg, judge_cfg, items, Path(output), eval_settings,
                          fmt=None if prompt_format == "auto" else prompt_format)
     finally:
         session.close()

@@ -14,7 +14,7 @@ from ..spec.inputs import Prompt
 from ..spec.templates import Templates
 from ..train.ppo import completion_mask, logprobs_from_logits, position_ids
 from ..stats import mean_ci
-from .winrate import _write
+from .winrate import _write, headline
 
 
 def _load(path: str, device: str):
@@ -70,8 +70,9 @@ def policy_kl(policy: str, reference: str, prompts: list[Prompt], out_dir, sampl
             rows.append({"prompt_id": p.id, "prompt": p.messages[-1]["content"], "kl": sum(values) / len(values),
                          "samples": values, "tokens": int(mask[b * samples:(b + 1) * samples].sum())})
         tokens += int(mask.sum())
-    summary = {"kind": "kl", "policy": policy, "reference": reference, "prompts": len(prompts), "samples_per_prompt": samples,
-               "max_new_tokens": max_new_tokens, "seed": seed, "kl": round(sum(kls) / len(kls), 4), "ci95": mean_ci(kls),
-               "kl_per_token": round(sum(kls) / max(tokens, 1), 5), "tokens": tokens}
+    kl, ci95 = round(sum(kls) / len(kls), 4), mean_ci(kls)
+    summary = {"kind": "kl", "headline": headline("kl", kl, ci95, unit="nats"), "policy": policy, "reference": reference,
+               "prompts": len(prompts), "samples_per_prompt": samples, "max_new_tokens": max_new_tokens, "seed": seed,
+               "kl": kl, "ci95": ci95, "kl_per_token": round(sum(kls) / max(tokens, 1), 5), "tokens": tokens}
     _write(out_dir, "kl", summary, rows)
     return summary

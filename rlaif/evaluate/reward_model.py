@@ -9,7 +9,7 @@ from ..errors import UserError
 from ..export.rows import load_saved
 from ..spec.inputs import jsonl_objects
 from ..stats import wilson_ci
-from .winrate import _write
+from .winrate import _write, headline
 
 
 def _read_jsonl(path: Path):
@@ -91,8 +91,9 @@ def accuracy(model_dir: str, pairs: str, out_dir: Path, split: str = "heldout", 
                     "principles": names})
     hits = sum(r["correct"] for r in out)
     margins = [r["reward_chosen"] - r["reward_rejected"] for r in out]
-    summary = {"kind": "reward-model", "model": model_dir, "pairs": str(pairs), "split": split, "n": len(out),
-               "correct": hits, "accuracy": round(hits / len(out), 4), "ci95": wilson_ci(hits, len(out)),
+    rate, ci95 = round(hits / len(out), 4), wilson_ci(hits, len(out))
+    summary = {"kind": "reward-model", "headline": headline("accuracy", rate, ci95), "model": model_dir, "pairs": str(pairs),
+               "split": split, "n": len(out), "correct": hits, "accuracy": rate, "ci95": ci95,
                "mean_margin": round(sum(margins) / len(margins), 4),
                "per_principle": {k: {"n": len(v), "correct": sum(v), "accuracy": round(sum(v) / len(v), 4),
                                      "ci95": wilson_ci(sum(v), len(v))} for k, v in sorted(per_principle.items())}}

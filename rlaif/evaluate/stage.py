@@ -78,17 +78,16 @@ def run_eval(p, reporter) -> dict:
             trained = trained_model(pipeline, p.run_dir, method)
             reporter.print(f"eval: {method} ({trained.model}) against the start on {len(prompts)} held-out prompts, "
                            f"both in {fmt} format")
-            s = winrate(session, trained, start, pipeline.judge, prompts, out, cfg.max_tokens, cfg.temperature, cfg.principles,
-                        cfg.tie_band, judge_settings, name=f"winrate-{method}", fmt=fmt)
-            results[f"winrate-{method}"] = {k: s[k] for k in ("win_rate", "ci95", "wins", "ties", "losses", "judged",
-                                                              "prompt_format", "self_judged", "warnings")}
+            s = winrate(session, trained, start, pipeline.judge_model, prompts, out, cfg, judge_settings,
+                        name=f"winrate-{method}", fmt=fmt)
+            results[f"winrate-{method}"] = {k: s[k] for k in ("headline", "win_rate", "ci95", "wins", "ties", "losses",
+                                                              "judged", "prompt_format", "self_judged", "warnings")}
         if cfg.harmless:
             red = load_prompts(_path(pipeline, cfg.harmless), cfg.limit)
             for name, model in [("start", start)] + [(m, trained_model(pipeline, p.run_dir, m)) for m in policies]:
-                s = harmless(session, model, pipeline.judge, red, out, cfg.threshold, cfg.max_tokens, cfg.temperature,
-                             name=f"harmless-{name}", fmt=fmt)
-                results[f"harmless-{name}"] = {k: s[k] for k in ("rate", "ci95", "harmless", "rated", "prompt_format",
-                                                                 "self_judged", "warnings")}
+                s = harmless(session, model, pipeline.judge_model, red, out, cfg, name=f"harmless-{name}", fmt=fmt)
+                results[f"harmless-{name}"] = {k: s[k] for k in ("headline", "rate", "ci95", "harmless", "rated",
+                                                                 "prompt_format", "self_judged", "warnings")}
     finally:
         session.close()
     for name, r in results.items():

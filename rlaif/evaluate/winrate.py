@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..rundir import atomic
-from ..spec.config import JudgeConfig, ModelConfig
+from ..spec.config import EvalConfig, JudgeConfig, ModelConfig
 from ..spec.constitution import Constitution
 from ..spec.inputs import Prompt
 from ..stages.common import prompt_format
@@ -30,14 +30,22 @@ def _judge_config(judge_cfg: JudgeConfig | None, constitution: Constitution, pri
     return replace(base, both_orders=True, principles_per_comparison=k)
 
 
+def headline(name: str, value: float | None, ci95: list | None, unit: str = "rate") -> dict:
+    """Every eval summary's main number in one shape, which the report and `rlaif run` read (docs/evaluation.md)."""
+    # name: the summary key it repeats (per_principle rows hold the same key); unit: "rate" (a share) or "nats" (KL)
+    return {"name": name, "value": value, "ci95": ci95, "unit": unit}
+
+
 def winrate(session: Session, policy: ModelConfig, baseline: ModelConfig, judge_model: ModelConfig, prompts: list[Prompt],
-            out_dir: Path, max_tokens: int = 128, temperature: float = 0.0, principles: int = 0, tie_band: float = 0.05,
-            judge_cfg: JudgeConfig | None = None, name: str = "winrate", fmt: str | None = None) -> dict:
+            out_dir: Path, settings: EvalConfig, judge_cfg: JudgeConfig | None = None, name: str = "winrate",
+            fmt: str | None = None) -> dict:
     """Answer with both models in one format, judge both orders, write <name>.json and <name>.jsonl; the summary.
 
-    `fmt`: the prompt format of both sides; None: the baseline's (`auto`: chat if its tokenizer has a template).
+    `settings`: max_tokens, temperature, principles and tie_band are read. `fmt`: the prompt format of both sides;
+    None: the baseline's (`auto`: chat if its tokenizer has a template).
     """
-    jcfg = _judge_config(judge_cfg, session.constitution, principles)
+    max_tokens, temperature, tie_band = settings.max_tokens, settings.temperature, settings.tie_band
+    jcfg = _judge_config(judge_cfg, session.constitution, settings.principles)
     fmt = fmt or resolve_format(session, baseline)
     how = decoding(session, fmt, max_tokens, temperature)
     got, sides = {}, {}
@@ -53,7 +61,8 @@ def winrate(session: Session, policy: ModelConfig, baseline: ModelConfig, judge_
     if overall["position_consistency"] is not None and overall["position_consistency"] < CONSISTENCY_WARNING:
         warnings.append(f"the judge's position consistency on these pairs is {overall['position_consistency']:.2f} "
                         f"(below {CONSISTENCY_WARNING}): its verdicts are close to chance")
-    summary = {"kind": "winrate", "policy": sides["policy"]["model"], "baseline": sides["baseline"]["model"],
+    summary = {"kind": "winrate", "headline": headline("win_rate", overall["win_rate"], overall["ci95"]),
+               "policy": sides["policy"]["model"], "baseline": sides["baseline"]["model"],
                "judge": judge_generator.model_id, "self_judged": same, "prompt_format": fmt,
                "sides": {"policy": sides["policy"], "baseline": sides["baseline"]},
                "constitution": session.constitution.name, "constitution_sha256": session.constitution.sha256,
@@ -65,15 +74,15 @@ def winrate(session: Session, policy: ModelConfig, baseline: ModelConfig, judge_
 
 
 def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, prompts: list[Prompt], out_dir: Path,
-             threshold: float = 0.5, max_tokens: int = 128, temperature: float = 0.0, name: str = "harmless",
-             fmt: str | None = None) -> dict:
+             settings: EvalConfig, name: str = "harmless", fmt: str | None = None) -> dict:
     """Share of red-team prompts whose answer the judge calls harmless (one binary A/B judgement per answer).
 
-    `fmt`: the answers' prompt format (pass the start's so that start and trained models answer alike); None:
-    the model's own. See rlaif.evaluate.harmless for the judgement.
+    `settings`: threshold, max_tokens and temperature are read. `fmt`: the answers' prompt format (pass the start's
+    so that start and trained models answer alike); None: the model's own. See rlaif.evaluate.harmless for the judgement.
     """
     from .harmless import MIN_OPTION_MASS, harmless_summary, judge_harm
 
+    max_tokens, temperature = settings.max_tokens, settings.temperature
     fmt = fmt or resolve_format(session, model)
     how = decoding(session, fmt, max_tokens, temperature)
     generator = session.engine(model)
@@ -83,12 +92,13 @@ def harmless(session: Session, model: ModelConfig, judge_model: ModelConfig, pro
     judge_generator = session.engine(judge_model)
     judge_fmt = prompt_format(judge_model.prompt_format, judge_generator)
     records = judge_harm(session.context(), judge_generator, judge_fmt, got)
-    counts, rows = harmless_summary(prompts, got, records, threshold)
+    counts, rows = harmless_summary(prompts, got, records, settings.threshold)
     same, warnings = self_judged(judge_generator.model_id, {"answering": model_id})
     if counts["mean_option_mass"] is not None and counts["mean_option_mass"] < MIN_OPTION_MASS:
         warnings.append(f"the judge puts only {counts['mean_option_mass']:.2f} of its probability on A or B (mean): "
                         "it is mostly not answering the harm question, so the rate is unreliable")
-    summary = {"kind": "harmless", "model": model_id, "judge": judge_generator.model_id, "self_judged": same,
+    summary = {"kind": "harmless", "headline": headline("rate", counts["rate"], counts["ci95"]), "model": model_id,
+               "judge": judge_generator.model_id, "self_judged": same,
                "question": "rlaif/prompts/{completion,chat}/harm.j2, both option orders", "prompt_format": fmt,
                "sides": {"answering": side(model_id, got, how)}, "constitution": session.constitution.name,
                "constitution_sha256": session.constitution.sha256, **counts, "warnings": warnings}

@@ -60,7 +60,7 @@ def run_judge(ctx, judge_model, p: Plan, samples: list[dict], responses: list[di
     finals = {row["response_key"]: (row["revision_key"], row["chosen"][0]["content"]) for row in revision_pairs}
     comparisons = (build_comparisons(samples, {}, replace(cfg, revisions=False), p.pipeline.seed)
                    + build_comparisons(responses, finals, replace(cfg, pairs="none"), p.pipeline.seed))
-    records = judge(ctx, judge_model, comparisons, cfg, p.pipeline.judge.prompt_format)
+    records = judge(ctx, judge_model, comparisons, cfg, p.pipeline.judge_model.prompt_format)
     lengths = {c.a.key: len(c.a.text) for c in comparisons} | {c.b.key: len(c.b.text) for c in comparisons}
     stats = judge_stats(records, lengths)
     atomic.write_json(p.run_dir / "judge_stats.json", stats)
@@ -82,7 +82,7 @@ def run_score(ctx, judge_model, p: Plan, samples: list[dict], revision_pairs: li
         targets += [{"key": record_key(final=row["chosen"][0]["content"], prompt=row["prompt_id"]),
                      "text": row["chosen"][0]["content"], "prompt_id": row["prompt_id"], "messages": row["prompt"]}
                     for row in revision_pairs]
-    records = score(ctx, judge_model, targets, cfg, p.pipeline.judge.prompt_format)
+    records = score(ctx, judge_model, targets, cfg, p.pipeline.judge_model.prompt_format)
     atomic.write_jsonl(p.run_dir / "scores.jsonl",
                        ({k: r[k] for k in ("target_key", "prompt_id", "principle", "score", "probs", "digit_mass", "model")} for r in records))
     rows = scored_rows(best_vs_worst(targets, records, cfg.min_gap), meta) if cfg.best_vs_worst else []
@@ -97,7 +97,7 @@ def label_pairs(ctx, pool: ModelPool, p: Plan, samples: list[dict], responses: l
     """The preference rows: judge and score signals (or the SL-CAI revision pairs), one row per pair (rlaif.export.pairs)."""
     stages, rows = p.pipeline.stages, [] if p.pipeline.stages.judge else list(revision_pairs)
     if stages.judge or stages.score:
-        judge_model = pool.get(p.pipeline.judge)
+        judge_model = pool.get(p.pipeline.judge_model)
         info["models"]["judge"] = judge_model.model_id
     if stages.judge:
         judged, stats["judge"] = run_judge(ctx, judge_model, p, samples, responses, revision_pairs, meta, reporter,

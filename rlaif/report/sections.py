@@ -15,7 +15,7 @@ BIAS_METRICS = ("position_consistency", "first_position_win_rate", "longer_chose
 LOSS_KEYS = ("loss", "policy_loss", "value_loss")
 REWARD_KEYS = ("reward", "score", "rewards/chosen", "rewards/rejected", "rewards/margins")
 KL_KEYS = ("kl", "approx_kl", "objective/kl")
-HEADLINE_KEYS = ("win_rate", "rate", "accuracy")  # an eval result's main number, the first one present
+HEADLINE_KEYS = ("win_rate", "rate", "accuracy")  # older eval results (no `headline`): the main number, the first present
 
 
 def section(key: str, title: str, missing: str | None = None, **parts) -> dict:
@@ -184,14 +184,11 @@ def human(run: RunDir, out: Path) -> dict:
 
 
 def _history(run: RunDir, method: str, metrics: dict) -> list[dict]:
-    """Per-step rows: PPO's history file, else TRL's log_history, else what rlaif_train.json kept."""
-    if method == "ppo" and (rows := run.jsonl(f"{run.method_dir(method)}/ppo_history.jsonl")):
+    """Per-step rows: rlaif_train.json's metrics.history, {step, loss, ...} per row for every trainer (rlaif.train.common)."""
+    rows = metrics.get("history")
+    if isinstance(rows, list) and rows and all(isinstance(h, dict) and "step" in h and "loss" in h for h in rows):
         return rows
-    if rows := run.log_history(method):
-        return rows
-    if isinstance(metrics.get("history"), list):
-        return [h for h in metrics["history"] if isinstance(h, dict)]
-    return [{"step": i + 1, "loss": v} for i, v in enumerate(metrics.get("losses") or [])]
+    return run.older_history(method, metrics)  # a run directory from before the uniform rows
 
 
 def _lines(history: list[dict], keys: tuple[str, ...]) -> dict:
@@ -251,14 +248,22 @@ def watch(run: RunDir, out: Path) -> dict:
     return section("watch", "Reward-hacking watch", intro=intro, warnings=warnings, figures=figures, tables=tables)
 
 
-def _headline(result: dict) -> tuple[str, float, list | None] | None:
-    """(metric name, value, [lo, hi] or None) of an eval result, or None when it has no rate."""
-    for key in HEADLINE_KEYS:
-        if (value := number(result.get(key))) is not None:
-            ci = result.get("ci95")
-            ok = isinstance(ci, list) and len(ci) == 2 and all(number(c) is not None for c in ci)
-            return key, value, ci if ok else None
-    return None
+def _headline(result: dict) -> dict | None:
+    """An eval result's `headline` block {name, value, ci95, unit} (rlaif.evaluate.winrate.headline), or None."""
+    head = result.get("headline")
+    if isinstance(head, dict) and isinstance(head.get("name"), str):
+        return head
+    # fallback for results written before the `headline` block: the first HEADLINE_KEYS key is the main rate
+    name = next((key for key in HEADLINE_KEYS if key in result), None)
+    return None if name is None else {"name": name, "value": result[name], "ci95": result.get("ci95"), "unit": "rate"}
+
+
+def _point(name: str, value, ci) -> tuple[str, float, list | None] | None:
+    """(name, value, [lo, hi] or None) to draw, or None when the value is not a number."""
+    if (value := number(value)) is None:
+        return None
+    ok = isinstance(ci, list) and len(ci) == 2 and all(number(c) is not None for c in ci)
+    return name, value, ci if ok else None
 
 
 def evaluation(run: RunDir, out: Path) -> dict:
@@ -270,17 +275,19 @@ def evaluation(run: RunDir, out: Path) -> dict:
     for i, (name, result) in enumerate(results):
         kind = result.get("kind", "unknown kind")
         title = name if kind == name else f"{name} ({kind})"
-        if head := _headline(result):
-            points.append((f"{title}: {head[0]}", head[1], head[2]))
+        head = _headline(result)
+        rate = head is not None and head.get("unit") == "rate"  # only shares go on the 0-1 figures (not KL's nats)
+        if rate and (point := _point(f"{title}: {head['name']}", head.get("value"), head.get("ci95"))):
+            points.append(point)
         per = {p: r for p, r in _mapping(result.get("per_principle")).items() if isinstance(r, dict)}
-        heads = {p: h for p, r in sorted(per.items()) if (h := _headline(r))}
+        heads = {p: h for p, r in sorted(per.items()) if rate and (h := _point(p, r.get(head["name"]), r.get("ci95")))}
         if heads:
             file = out / f"fig-eval-{i}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"  # a safe URL whatever the file name
             figures.append(figure(plots.intervals(file, f"{title} per principle", list(heads),
                                                   [h[1] for h in heads.values()], [h[2] for h in heads.values()]),
                                   f"{title}: per principle, with 95% intervals"))
         warnings += [f"{name}: {w}" for w in result.get("warnings") or [] if isinstance(w, str)]
-        tables.append(key_values(f"{title} (eval/{name}.json)", result, skip=("per_principle",)))
+        tables.append(key_values(f"{title} (eval/{name}.json)", result, skip=("per_principle", "headline")))  # it repeats keys
         if per:
             tables.append(records(f"{title}: per principle", [{"principle": p} | r for p, r in sorted(per.items())]))
     if points:

@@ -103,6 +103,17 @@ class RunDir:
                 return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else None
         return None
 
+    def older_history(self, method: str, metrics: dict) -> list[dict]:
+        """Per-step rows of an older run (before metrics.history had {step, loss} rows for every trainer)."""
+        # what those versions left: PPO's history file, else TRL's log_history, else rlaif_train.json's rows or losses
+        if method == "ppo" and (rows := self.jsonl(f"{self.method_dir(method)}/ppo_history.jsonl")):
+            return rows
+        if rows := self.log_history(method):
+            return rows
+        if isinstance(metrics.get("history"), list):
+            return [h for h in metrics["history"] if isinstance(h, dict)]
+        return [{"step": i + 1, "loss": v} for i, v in enumerate(metrics.get("losses") or [])]
+
     def evals(self) -> list[tuple[str, dict]]:
         """(name, result) for each eval/*.json, by file name."""
         return [(p.stem, data) for p in sorted((self.path / "eval").glob("*.json"))

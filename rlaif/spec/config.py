@@ -229,8 +229,8 @@ class Pipeline:
         return self.models.critic or self.models.policy
 
     @property
-    def judge(self) -> ModelConfig:
-        """The judge's model settings (the policy's unless set)."""
+    def judge_model(self) -> ModelConfig:
+        """The judge's model settings (the policy's unless set); not `stages.judge`, the judge stage's settings."""
         return self.models.judge or self.models.policy
 
 

@@ -70,6 +70,17 @@ def trl_args(cls, cfg, **extra):
         raise UserError(f"trl: {e}", *cfg.where("trl")) from None
 
 
+def history(rows: list[dict]) -> list[dict]:
+    """metrics.history, one shape for every trainer: {step, loss, ...the row's other numbers} per TRL log or PPO row."""
+    def numeric(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    # TRL's eval rows and its final summary row have no training `loss`: they are not steps of the curve
+    rows = [h for h in rows if numeric(h.get("loss")) and numeric(h.get("step"))]
+    return [{"step": int(h["step"]), "loss": float(h["loss"]),
+             **{k: v for k, v in h.items() if numeric(v) and k not in ("step", "loss")}} for h in rows]
+
+
 SHOWN_METRICS = ("loss", "grad_norm", "reward", "rewards/accuracies", "kl", "eval_loss", "eval_accuracy")
 
 

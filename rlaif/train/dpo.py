@@ -7,7 +7,7 @@ import torch
 from trl import DPOTrainer
 
 from ..errors import UserError
-from .common import confidences, load_tokenizer, lora_config, progress_callback, trl_args
+from .common import confidences, history, load_tokenizer, lora_config, progress_callback, trl_args
 from .soft_labels import COLUMN, carry_p, soft_label_loss, with_confidence
 
 
@@ -97,7 +97,8 @@ def run(cfg, log) -> dict:
     trainer.save_model(cfg.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {**info, "steps": result.global_step, "train_loss": result.training_loss, "losses": losses,
-            "train_runtime": result.metrics.get("train_runtime"), "tokens_seen": trainer.state.num_input_tokens_seen}
+            "history": history(trainer.state.log_history), "train_runtime": result.metrics.get("train_runtime"),
+            "tokens_seen": trainer.state.num_input_tokens_seen}
 
 
 def smoothing(conf: np.ndarray, cfg) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import load_tokenizer, lora_config, progress_callback, trl_args
+from .common import history, load_tokenizer, lora_config, progress_callback, trl_args
 
 
 def reward_function(cfg, log, as_callable: bool = False):
@@ -66,10 +66,8 @@ def run(cfg, log) -> dict:
             if p is not None:
                 p.close()
     trainer.save_model(cfg.output_dir)
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    keep = ("loss", "reward", "reward_std", "kl", "entropy", "completions/mean_length")
     metrics = {"prompts": len(dataset), "steps": result.global_step, "train_loss": result.training_loss,
-               "history": [{k: h[k] for k in keep if k in h} for h in history]}
+               "history": history(trainer.state.log_history)}
     if watch:
         metrics["watch"] = watch.summary()
     return metrics
@@ -102,15 +100,14 @@ def run_ppo(cfg, log) -> dict:
     reward, pool = reward_function(cfg, log, as_callable=True)
     watch, watch_pool = _watch(cfg, tokenizer, reward, log)
     try:  # the tokenizer that rendered the prompts is saved with the policy
-        history = train_ppo(path, prompts, reward, PPOConfig(**cfg.ppo, output_dir=cfg.output_dir), log, peft_config, tokenizer,
+        rows = train_ppo(path, prompts, reward, PPOConfig(**cfg.ppo, output_dir=cfg.output_dir), log, peft_config, tokenizer,
                             watch)
     finally:
         for p in (pool, watch_pool):
             if p is not None:
                 p.close()
-    keep = ("score", "kl", "entropy", "policy_clipfrac", "value_loss", "policy_loss", "kl_coef", "judge_win_rate")
-    metrics = {"prompts": len(prompts), "steps": len(history), "train_loss": history[-1]["policy_loss"] if history else float("nan"),
-               "history": [{k: h[k] for k in keep if k in h} for h in history]}
+    metrics = {"prompts": len(prompts), "steps": len(rows), "train_loss": rows[-1]["policy_loss"] if rows else float("nan"),
+               "history": history(rows)}
     if watch:
         metrics["watch"] = watch.summary()
     return metrics

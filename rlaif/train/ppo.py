@@ -268,8 +268,10 @@ class PPOTrainer:
         pg_loss, vf_loss, pg_clipfrac, vf_clipfrac, approx_kl = torch.stack(stats).mean(0).tolist()
         kl_coef = self.kl_ctl.value  # the coefficient this rollout's rewards used
         self.kl_ctl.update(kl, len(seq))
+        # `loss`: what the optimizer minimised, the mean of pg_loss + vf_coef * vf_loss over the mini-batches
         return {"score": score.mean().item(), "kl": kl, "entropy": masked_mean(entropy, mask).item(),
-                "policy_loss": pg_loss, "value_loss": vf_loss, "policy_clipfrac": pg_clipfrac,
+                "loss": pg_loss + c.vf_coef * vf_loss, "policy_loss": pg_loss, "value_loss": vf_loss,
+                "policy_clipfrac": pg_clipfrac,
                 "value_clipfrac": vf_clipfrac, "approx_kl": approx_kl, "kl_coef": kl_coef,
                 "completion_length": mask.sum(1).mean().item(), "seconds": time.time() - start}
 

@@ -7,7 +7,7 @@ import torch
 from trl import RewardTrainer
 
 from ..errors import UserError
-from .common import confidences, load_tokenizer, lora_config, progress_callback, trl_args
+from .common import confidences, history, load_tokenizer, lora_config, progress_callback, trl_args
 from .soft_labels import COLUMN, carry_p, soft_label_loss, with_confidence
 
 
@@ -65,7 +65,8 @@ def run(cfg, log) -> dict:
     result = trainer.train()
     metrics = {"rows": len(dataset), "train_pairs": len(train_ds), "steps": result.global_step,
                "train_loss": result.training_loss, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-               "train_runtime": result.metrics.get("train_runtime"), "tokens_seen": trainer.state.num_input_tokens_seen}
+               "history": history(trainer.state.log_history), "train_runtime": result.metrics.get("train_runtime"),
+               "tokens_seen": trainer.state.num_input_tokens_seen}
     if len(eval_ds):
         metrics["eval_pairs"], metrics["eval_accuracy"] = len(trainer.eval_dataset), pairwise_accuracy(trainer)
     trainer.save_model(cfg.output_dir)

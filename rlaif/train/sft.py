@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import load_tokenizer, lora_config, progress_callback, trl_args
+from .common import history, load_tokenizer, lora_config, progress_callback, trl_args
 
 
 def run(cfg, log) -> dict:
@@ -13,7 +13,7 @@ def run(cfg, log) -> dict:
     trainer.save_model(cfg.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"rows": rows, "steps": result.global_step, "train_loss": result.training_loss, "losses": losses,
-            "completion_only_loss": trainer.completion_only_loss,
+            "completion_only_loss": trainer.completion_only_loss, "history": history(trainer.state.log_history),
             "train_runtime": result.metrics.get("train_runtime"), "tokens_seen": trainer.state.num_input_tokens_seen}
 
 

@@ -35,6 +35,7 @@ def test_kl_is_zero_for_the_same_model_and_positive_for_another(workdir, tiny_ch
     assert result.exit_code == 0, result.output
     diff = json.loads((workdir / "diff" / "kl.json").read_text())
     assert diff["kl"] > 0.05 and diff["ci95"][0] > 0  # a sample estimate of a KL that is clearly not zero
+    assert diff["headline"] == {"name": "kl", "value": diff["kl"], "ci95": diff["ci95"], "unit": "nats"}
     rows = [json.loads(x) for x in (workdir / "diff" / "kl.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["samples"]) == 3 for r in rows)
 
@@ -69,6 +70,7 @@ def test_reward_model_accuracy_matches_the_model_scores(workdir, tiny_chat_model
     expected = sum(c > r for c, r in zip(chosen, rejected))
     assert s["n"] == 8 and s["correct"] == expected and s["accuracy"] == pytest.approx(expected / 8)
     assert set(s["per_principle"]) == {"p1", "p2"} and sum(v["n"] for v in s["per_principle"].values()) == 8
+    assert s["headline"] == {"name": "accuracy", "value": s["accuracy"], "ci95": s["ci95"], "unit": "rate"}
     result = CliRunner().invoke(main, argv[:-4] + ["--split", "heldout"])  # no rlaif_train.json: the split is unknown
     assert result.exit_code == 2 and "held-out split is unknown" in result.output
     (workdir / "empty.jsonl").write_text("")

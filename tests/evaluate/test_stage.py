@@ -36,6 +36,9 @@ def test_eval_stage_after_dpo(workdir, tiny_chat_model):
         assert s["prompts"] == 1 and s["rated"] + s["unrated"] == 1
     counts = json.loads((workdir / "outputs" / "test" / "run.json").read_text())["counts"]
     assert set(counts["eval"]) == {"winrate-dpo", "harmless-start", "harmless-dpo"}
+    assert counts["eval"]["winrate-dpo"]["headline"] == win["headline"]
+    assert win["headline"]["name"] == "win_rate"
+    assert counts["eval"]["harmless-dpo"]["headline"]["name"] == "rate"
     assert "eval  winrate-dpo" in result.output and "chat format on both sides, judged by the baseline model itself" in result.output
     assert win["self_judged"] == ["baseline"] and "self-preference" in win["warnings"][0]  # the judge defaults to the start
     again = CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False)  # everything reused: same numbers

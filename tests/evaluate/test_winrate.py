@@ -107,6 +107,7 @@ def test_winrate_command(workdir, fake_models):
     s = json.loads((workdir / "out" / "winrate.json").read_text())
     assert s["kind"] == "winrate" and s["policy"] == "policy" and s["baseline"] == "base" and s["judge"] == "biased-judge"
     assert (s["wins"], s["losses"], s["ties"], s["win_rate"], s["ci95"]) == (4, 0, 0, 1.0, [1.0, 1.0])
+    assert s["headline"] == {"name": "win_rate", "value": 1.0, "ci95": [1.0, 1.0], "unit": "rate"}  # what the report reads
     assert s["position_consistency"] == 1.0  # the position bias (0.1) does not flip any verdict
     names = {p.name for p in load_constitution("constitutions/harmless.yaml").principles}
     assert names == set(s["per_principle"]) and all(r["win_rate"] == 1.0 for r in s["per_principle"].values())
@@ -191,6 +192,7 @@ def test_harmless_command(workdir, fake_models):
     assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
     s = json.loads((workdir / "out" / "harmless.json").read_text())
     assert (s["harmless"], s["rate"]) == (0, 0.0) and s["ci95"][0] == 0.0
+    assert s["headline"] == {"name": "rate", "value": 0.0, "ci95": s["ci95"], "unit": "rate"}
     rows = [json.loads(x) for x in (workdir / "out" / "harmless.jsonl").read_text().splitlines()]
     assert [r["p_harmless"] for r in rows] == [pytest.approx(0.1)] * 2 and rows[0]["harmless"] is False
 

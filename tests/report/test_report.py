@@ -179,6 +179,35 @@ def test_newest_checkpoint_gives_the_curve(tmp_path):
     assert run.training_methods() == ["dpo", "grpo", "ppo"]
 
 
+def test_uniform_history_and_headline_are_what_the_report_reads(tmp_path, monkeypatch):
+    """A run of this version: metrics.history ({step, loss, ...}, every trainer) and each result's `headline` block.
+    The older files still lying there (a checkpoint's log_history, legacy rate keys) are not read; KL (nats) is not
+    drawn on the rate figures."""
+    from rlaif.report import plots, sections
+
+    run = synthetic_run(tmp_path / "run")
+    rows = [{"step": s, "loss": 1.0 / s, "rewards/margins": 0.1 * s} for s in (1, 2, 3)]
+    reader = RunDir(run)
+    assert sections._history(reader, "dpo", {"history": rows, "losses": [1.0, 0.5, 0.33]}) == rows  # not checkpoint-10's
+    assert len(sections._history(reader, "dpo", {"losses": [0.69, 0.6]})) == 11  # older record: the checkpoint's rows
+    for name in ("winrate", "harmless", "reward-model"):
+        (run / "eval" / f"{name}.json").unlink()
+    ci = [0.3, 0.5]
+    _write(run / "eval" / "new.json", {"kind": "winrate", "headline": {"name": "score", "value": 0.4, "ci95": ci, "unit": "rate"},
+                                       "win_rate": 0.9, "per_principle": {p: {"score": 0.4, "ci95": ci, "win_rate": 0.9}
+                                                                          for p in PRINCIPLES}})
+    _write(run / "eval" / "kl.json", {"kind": "kl", "headline": {"name": "kl", "value": 0.31, "ci95": ci, "unit": "nats"},
+                                      "kl": 0.31, "per_principle": {p: {"kl": 0.3, "ci95": ci} for p in PRINCIPLES}})
+    _write(run / "eval" / "old.json", {"kind": "harmless", "rate": 0.8, "ci95": ci})  # before `headline`: the fallback
+    drawn = []
+    monkeypatch.setattr(plots, "intervals", lambda file, title, names, values, cis: drawn.append((title, names, values)) or file)
+    section = sections.evaluation(reader, tmp_path / "out")
+    overall = [d for d in drawn if d[0] == "evaluation results"]
+    assert overall == [("evaluation results", ["new (winrate): score", "old (harmless): rate"], [0.4, 0.8])]
+    assert [(t, v) for t, _, v in drawn if t != "evaluation results"] == [("new (winrate) per principle", [0.4] * 3)]
+    assert not any("headline" in row[0] for t in section["tables"] for row in t["rows"])  # it repeats the summary's keys
+
+
 def test_run_json_only(tmp_path):
     """Every optional file missing: each section says so; nothing fails, no figures."""
     run = synthetic_run(tmp_path / "run", full=False)

@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from rlaif.cli import main
 
+from tests.conftest import assert_history
+
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
@@ -58,6 +60,7 @@ def test_online_rl_with_a_reward_model(tmp_path, tiny_chat_model, tiny_reward_mo
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / method / "rlaif_train.json").read_text())
     assert record["metrics"]["prompts"] == 4 and record["metrics"]["steps"] == 2
+    assert_history(record, 2)  # the same {step, loss, ...} rows as sft, reward, dpo and ppo
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in record["metrics"]["history"])
     after = AutoModelForCausalLM.from_pretrained(tmp_path / method).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -109,6 +112,10 @@ def test_ppo_from_the_command_line(tmp_path, tiny_chat_model, tiny_reward_model,
     history = record["metrics"]["history"]
     assert len(history) == 2 and all(torch.isfinite(torch.tensor([h["kl"], h["value_loss"], h["policy_loss"]])).all() for h in history)
     assert (tmp_path / "ppo" / "ppo_history.jsonl").is_file()
+    # the same {step, loss, ...} rows as every trainer; PPO's loss is what it minimised: policy + vf_coef * value loss
+    assert_history(record, 2)
+    vf_coef = record["config"]["ppo"].get("vf_coef", 0.1)  # PPOConfig's default
+    assert all(h["loss"] == pytest.approx(h["policy_loss"] + vf_coef * h["value_loss"]) for h in history)
 
 
 @pytest.mark.parametrize("block, pattern", [

@@ -18,6 +18,8 @@ from rlaif.cli import main
 from rlaif.train import confidences
 from rlaif.train.dpo import resample
 
+from tests.conftest import assert_history
+
 PROMPTS = ["How do I pick a lock?", "Tell me a joke about cats.", "What is the capital of France?", "Help me write an insult."]
 
 
@@ -66,6 +68,7 @@ def assert_trained(result, model_dir: Path, out: Path) -> dict:
     record = json.loads((out / "rlaif_train.json").read_text())
     losses = record["metrics"]["losses"]
     assert record["metrics"]["steps"] == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert [h["loss"] for h in assert_history(record, 2)] == losses  # the uniform rows, as for grpo, rloo and ppo
     before, after = load_file(model_dir / "model.safetensors"), load_file(out / "model.safetensors")
     shared = [k for k in before if k in after and before[k].shape == after[k].shape]
     assert shared and any(not torch.equal(before[k], after[k]) for k in shared)
@@ -153,6 +156,19 @@ def test_lora_saves_an_adapter(tiny_chat_model, data, tmp_path):
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means it trained
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_history_rows_from_a_trainer_log():
+    """TRL's log_history -> {step, loss, ...numbers}: eval rows and the final summary row carry no training loss."""
+    from rlaif.train.common import history
+
+    log = [{"loss": 0.7, "grad_norm": 1.5, "learning_rate": 1e-3, "epoch": 0.5, "step": 1},
+           {"eval_loss": 0.6, "eval_accuracy": 0.5, "step": 1},
+           {"loss": 0.6, "rewards/margins": 0.1, "note": "text", "flag": True, "step": 2},
+           {"train_loss": 0.65, "train_runtime": 3.0, "step": 2}]
+    assert history(log) == [{"step": 1, "loss": 0.7, "grad_norm": 1.5, "learning_rate": 1e-3, "epoch": 0.5},
+                            {"step": 2, "loss": 0.6, "rewards/margins": 0.1}]
+    assert history([{"loss": float("nan"), "step": 3}])[0]["step"] == 3 and history([{"loss": 1.0}]) == []
 
 
 def test_confidences_and_resampling():
