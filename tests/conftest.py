@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-weight models with an in-process tokenizer; no downloads."""
+"""Shared fixtures: tiny random-weight models with an in-process tokenizer (no downloads), a finished run directory,
+training data; the fakes they use live in tests/fakes.py."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 
 def write_pipeline(path: Path, model: Path | str, **extra) -> Path:
-    """A small hf-backend pipeline file for tests."""
+    """A small pipeline file for tests: the hf backend, or `backend=...` (e.g. "scripted": no model at all)."""
+    backend = extra.pop("backend", "hf")
     stages = extra.pop("stages", "stages:\n  respond: {n: 2, max_tokens: 12}\n  critique: {rounds: 2, max_tokens: 12}\n")
     text = (
         f"name: {extra.pop('name', 'test')}\n"
@@ -71,7 +73,7 @@ def write_pipeline(path: Path, model: Path | str, **extra) -> Path:
         f"prompts: {extra.pop('prompts', 'data/prompts.jsonl')}\n"
         f"limit: {extra.pop('limit', 6)}\n"
         f"batch_size: {extra.pop('batch_size', 4)}\n"
-        f"models:\n  policy: {{model: {model}, backend: hf, dtype: float32}}\n" + stages
+        f"models:\n  policy: {{model: {model}, backend: {backend}, dtype: float32}}\n" + stages
     )
     for key, value in extra.items():
         text += f"{key}: {value}\n"
@@ -107,3 +109,61 @@ def stage_context(directory: Path, batch_size: int = 4, seed: int = 0):
     directory.mkdir(parents=True, exist_ok=True)
     return StageContext(Store(directory / "records.sqlite"), load_constitution(ROOT / "constitutions" / "harmless.yaml"),
                         Templates(), Reporter(Console(file=io.StringIO())), seed=seed, batch_size=batch_size)
+
+
+@pytest.fixture
+def run_dir(workdir, monkeypatch):
+    """A finished run with judged pairs (three prompts, three responses each, the fake BiasedJudge)."""
+    from click.testing import CliRunner
+
+    from rlaif.backends import pool as models
+    from rlaif.cli import main
+
+    from tests.fakes import BiasedJudge
+
+    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: BiasedJudge(position_bias=0.05))
+    (workdir / "p.txt").write_text("one\ntwo\nthree\n")
+    stages = "stages:\n  respond: {n: 3}\n  judge: {}\n"
+    pipe = write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages)
+    assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
+    return workdir / "outputs" / "test"
+
+
+@pytest.fixture
+def prompts_ds(tmp_path):
+    """A preference dataset of four prompts, two of them repeated (online training reads each prompt once)."""
+    import datasets
+
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": [{"role": "assistant", "content": "yes"}],
+             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(4)]
+    rows += rows[:2]  # repeated prompts, as in a preference dataset: trained once each
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "prefs"))
+    return tmp_path / "prefs"
+
+
+@pytest.fixture
+def make_reward_model(tmp_path):
+    """Builds a tiny random reward model on a policy's tokenizer as `rlaif train reward` saves it (a base model gets
+    rlaif's Human:/Assistant: training template), in tmp_path/rm."""
+
+    def make(policy_dir: Path) -> Path:
+        import torch
+        from transformers import LlamaConfig, LlamaForSequenceClassification
+
+        from rlaif.train import load_tokenizer
+
+        tok = load_tokenizer(str(policy_dir), log=lambda _: None)
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+        tok.save_pretrained(tmp_path / "rm")
+        return tmp_path / "rm"
+
+    return make
+
+
+@pytest.fixture
+def tiny_reward_model(make_reward_model, tiny_chat_model) -> Path:
+    """The tiny reward model on the tiny chat model's tokenizer."""
+    return make_reward_model(tiny_chat_model)

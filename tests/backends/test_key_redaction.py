@@ -14,8 +14,7 @@ import pytest
 from rlaif.backends.openai import OpenAIGenerator, ServerError
 
 from tests.conftest import ROOT
-
-from tests.backends.test_openai import Handler, Script, prompt
+from tests.fakes import Handler, Script, prompt
 
 KEY = "sk-live-9f8e7d6c5b4a3210REDACTME"
 

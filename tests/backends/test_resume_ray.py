@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import write_pipeline
-from tests.test_resume import _kill_when, _records, _start, rerun_and_check
+from tests.fakes import _kill_when, _records, _start, rerun_and_check
 
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")

@@ -9,21 +9,7 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from rlaif.backends import pool as models
 from rlaif.cli import main
-
-from tests.conftest import write_pipeline
-from tests.stages.test_judge import BiasedJudge
-
-
-@pytest.fixture
-def run_dir(workdir, monkeypatch):
-    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: BiasedJudge(position_bias=0.05))
-    (workdir / "p.txt").write_text("one\ntwo\nthree\n")
-    stages = "stages:\n  respond: {n: 3}\n  judge: {}\n"
-    pipe = write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages)
-    assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
-    return workdir / "outputs" / "test"
 
 
 @pytest.mark.parametrize("fmt, files", [("hf", ["prefs/dataset_info.json", "sft/state.json"]),

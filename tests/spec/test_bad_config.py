@@ -14,7 +14,7 @@ from rlaif.backends import pool as models
 from rlaif.spec.config import load_pipeline
 
 from tests.conftest import ROOT, write_pipeline
-from tests.test_bad_input import GOOD_PRINCIPLE, assert_one_line, constitution, run_cli
+from tests.fakes import GOOD_PRINCIPLE, assert_one_line, constitution, run_cli
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from rlaif.backends import pool as models
 from rlaif.spec.inputs import load_prompts
 
 from tests.conftest import ROOT, write_pipeline
-from tests.test_bad_input import assert_one_line, run_cli
+from tests.fakes import assert_one_line, run_cli
 
 
 @pytest.fixture(autouse=True)

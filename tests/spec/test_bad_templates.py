@@ -14,7 +14,7 @@ import pytest
 from rlaif.backends import pool as models
 
 from tests.conftest import ROOT, write_pipeline
-from tests.test_bad_input import assert_one_line, run_cli
+from tests.fakes import assert_one_line, run_cli
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from rlaif.backends import pool as models
-from rlaif.backends.base import Completion, LogprobsUnavailable, Output
+from rlaif.backends.base import Completion, Output
 from rlaif.cli import main
 from rlaif.spec.constitution import load_constitution
 from rlaif.stages.judge import clamp, combine, draw_principles, normalise, parse_verdict, read_options
 
 from tests.conftest import write_pipeline
+from tests.fakes import BiasedJudge
 
 
 @pytest.mark.parametrize(
@@ -90,48 +91,6 @@ def test_draw_principles_distinct_and_seeded(workdir):
     drawn = draw_principles(c, 0, "cmp1", 3)
     assert len({p.name for p in drawn}) == 3 and drawn == draw_principles(c, 0, "cmp1", 3)
     assert len(draw_principles(c, 0, "x", 100)) == len(c.principles)
-
-
-class BiasedJudge:
-    """Prefers the longer answer by a fixed margin, plus a bias towards whatever is shown first."""
-
-    model_id = "biased-judge"
-    has_chat_template = False
-
-    def __init__(self, position_bias=0.0, logprobs_ok=True):
-        self.position_bias, self.logprobs_ok, self.calls = position_bias, logprobs_ok, {"logprobs": 0, "generate": 0}
-
-    def _options(self, prompt):
-        a = prompt.split("\n(A) ")[1].split("\n(B) ")[0]
-        b = prompt.split("\n(B) ")[1].split("\n")[0]
-        return a, b
-
-    def generate(self, requests, progress=None):
-        self.calls["generate"] += 1
-        out = []
-        for r in requests:
-            if "\n(A) " in (r.prompt or ""):
-                a, b = self._options(r.prompt)
-                texts = ["A" if len(a) > len(b) else "B"] * r.sampling.n
-            else:  # sampled responses of different lengths
-                texts = ["answer " + "x" * (3 * i + len(r.prompt) % 3) for i in range(r.sampling.n)]
-            out.append(Completion(tuple(Output(t, 1) for t in texts), 3))
-        return out
-
-    def logprobs(self, requests, options):
-        self.calls["logprobs"] += 1
-        if not self.logprobs_ok:
-            raise LogprobsUnavailable("no logprobs here")
-        out = []
-        for r in requests:
-            a, b = self._options(r.prompt)
-            pa = (0.8 if len(a) > len(b) else 0.2 if len(a) < len(b) else 0.5) + self.position_bias
-            pa = min(max(pa, 0.01), 0.99)
-            out.append({"A": math.log(pa), "B": math.log(1 - pa)})
-        return out
-
-    def close(self):
-        pass
 
 
 @pytest.fixture
