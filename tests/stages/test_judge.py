@@ -127,8 +127,22 @@ def test_judge_stage_labels_pairs_and_stats(workdir, fake_judge):
     assert info["counts"]["records"]["judge"] == overall["judgements"] and info["models"]["judge"] == "biased-judge"
 
 
+class PartlyBiased(BiasedJudge):
+    """Position bias 0.45 on the prompt "three" (strong enough to flip the weaker side in one order: its orders
+    disagree), 0.1 on the others (their orders agree): the filter drops some pairs and keeps others."""
+
+    def logprobs(self, requests, options):
+        out = []
+        for r in requests:
+            self.position_bias = 0.45 if "three" in r.prompt else 0.1
+            out += super().logprobs([r], options)
+        return out
+
+
 def test_ensembling_single_order_and_filters(workdir, fake_judge):
-    fake_judge["judge"] = BiasedJudge(position_bias=0.45)  # strong enough to flip the weaker side in one order
+    """Old test: a bias of 0.45 on every prompt made every pair inconsistent, so prefs.jsonl was empty and the loop
+    over its rows checked nothing."""
+    fake_judge["judge"] = PartlyBiased()
     result = _run(workdir, "{principles_per_comparison: 3, drop_inconsistent: true}")
     assert result.exit_code == 0, result.output
     run_dir = workdir / "outputs" / "test"
@@ -137,7 +151,9 @@ def test_ensembling_single_order_and_filters(workdir, fake_judge):
     assert records["position_consistency"] < 1.0
     info = json.loads((run_dir / "run.json").read_text())
     assert info["counts"]["pairs"]["dropped"]["inconsistent"] > 0  # filters apply when the pairs are merged
-    for row in (json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()):
+    prefs = [json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()]
+    assert len(prefs) == 6 and info["counts"]["pairs"]["dropped"]["inconsistent"] == 3  # prompts one, two kept; three dropped
+    for row in prefs:
         assert len(row["principles"]) == 3 and row["orders_agree"] is True
 
 
@@ -153,7 +169,9 @@ def test_parse_fallback_without_logprobs(workdir, fake_judge):
 def test_chain_of_thought_is_clamped(workdir, fake_judge):
     result = _run(workdir, "{chain_of_thought: true, both_orders: false}")
     assert result.exit_code == 0, result.output
-    for row in (json.loads(x) for x in (workdir / "outputs" / "test" / "prefs.jsonl").read_text().splitlines()):
+    prefs = [json.loads(x) for x in (workdir / "outputs" / "test" / "prefs.jsonl").read_text().splitlines()]
+    assert len(prefs) == 9  # every pair (3 prompts x 3 pairs) is kept: the loop below has rows to check
+    for row in prefs:
         assert row["p_chosen"] == pytest.approx(0.6)
 
 
