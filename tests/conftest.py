@@ -112,19 +112,16 @@ def stage_context(directory: Path, batch_size: int = 4, seed: int = 0):
 
 
 @pytest.fixture
-def run_dir(workdir, monkeypatch):
-    """A finished run with judged pairs (three prompts, three responses each, the fake BiasedJudge)."""
+def run_dir(workdir):
+    """A finished run with judged pairs on the scripted backend (no model): four prompts, three responses each; the
+    scripted judge's labels leave 6 of the 12 sample pairs (the others are ties)."""
     from click.testing import CliRunner
 
-    from rlaif.backends import pool as models
     from rlaif.cli import main
 
-    from tests.fakes import BiasedJudge
-
-    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: BiasedJudge(position_bias=0.05))
-    (workdir / "p.txt").write_text("one\ntwo\nthree\n")
+    (workdir / "p.txt").write_text("one\ntwo\nthree\nfour\n")
     stages = "stages:\n  respond: {n: 3}\n  judge: {}\n"
-    pipe = write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages)
+    pipe = write_pipeline(workdir / "p.yaml", "scripted-judge", prompts="p.txt", stages=stages, backend="scripted")
     assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
     return workdir / "outputs" / "test"
 

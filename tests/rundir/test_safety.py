@@ -24,11 +24,9 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from rlaif.backends import pool as models
 from rlaif.cli import main
 
 from tests.conftest import ROOT, write_pipeline
-from tests.fakes import BiasedJudge
 
 
 def cli(*args) -> tuple[int, str]:
@@ -57,21 +55,15 @@ def rlaif(*args, cwd, **extra_env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.fixture
-def biased(monkeypatch):
-    """Runs use an instant fake judge model (no weights)."""
-    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: BiasedJudge(position_bias=0.05))
-
-
 def pipeline(workdir, **extra) -> Path:
     (workdir / "p.txt").write_text("one\ntwo\nthree\n")
     stages = extra.pop("stages", "stages:\n  respond: {n: 3}\n  judge: {}\n")
-    return write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages, **extra)
+    return write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages, backend="scripted", **extra)
 
 
 # --- 1. a run never deletes what is already in its directory -------------------------------------------------------
 
-def test_run_refuses_a_directory_that_is_not_its_run(workdir, biased):
+def test_run_refuses_a_directory_that_is_not_its_run(workdir):
     out = workdir / "mine"
     (out / "sft").mkdir(parents=True)
     (out / "sft" / "thesis.tex").write_text("years of work")
@@ -86,7 +78,7 @@ def test_run_refuses_a_directory_that_is_not_its_run(workdir, biased):
     assert (out / "run.json").is_file() and len(datasets.load_from_disk(str(out / "prefs"))) > 0
 
 
-def test_run_refuses_the_run_of_another_pipeline_and_resumes_its_own(workdir, biased):
+def test_run_refuses_the_run_of_another_pipeline_and_resumes_its_own(workdir):
     assert cli("run", pipeline(workdir, name="first"))[0] == 0
     code, err = cli("run", pipeline(workdir, name="second"), "--output", workdir / "outputs" / "first")
     assert code == 2
@@ -95,7 +87,7 @@ def test_run_refuses_the_run_of_another_pipeline_and_resumes_its_own(workdir, bi
 
 
 @pytest.mark.parametrize("name", ['""', '"  "', "a/b", "..", ".hidden", "x/../y", "a..b"])
-def test_run_name_must_be_one_directory_name(workdir, biased, name):
+def test_run_name_must_be_one_directory_name(workdir, name):
     code, err = cli("run", pipeline(workdir, name=name))
     assert code == 2
     one_line(err, r"p\.yaml:1: name: ")
@@ -123,7 +115,7 @@ def test_report_refuses_a_report_html_it_did_not_write(run_dir, tmp_path):
     assert (out / "report.html").read_text().startswith("<html><title>my quarterly")
 
 
-def test_report_stage_output_is_checked_before_the_run(workdir, biased):
+def test_report_stage_output_is_checked_before_the_run(workdir):
     (workdir / "site").mkdir()
     (workdir / "site" / "report.html").write_text("<html><title>the team's page</title></html>")
     stages = "stages:\n  respond: {n: 3}\n  judge: {}\n  report: {output: site}\n"
@@ -166,7 +158,7 @@ def test_export_into_the_run_s_own_export_directory_still_works(run_dir):
     (KeyboardInterrupt(), 130, r"^interrupted"),
     ("user-error", 2, r"^data\.txt:3: a bad value$"),
 ], ids=["exception", "ctrl-c", "user-error"])
-def test_a_failed_run_records_status_failed(workdir, biased, monkeypatch, error, code, reason):
+def test_a_failed_run_records_status_failed(workdir, monkeypatch, error, code, reason):
     from rlaif import pipeline as pipeline_module
     from rlaif.errors import UserError
 
@@ -184,7 +176,7 @@ def test_a_failed_run_records_status_failed(workdir, biased, monkeypatch, error,
     assert "\n" not in info["error"] and info["seed"] == 0 and info["config"]["name"] == "test"
 
 
-def test_a_failure_after_the_datasets_keeps_them_and_their_counts(workdir, biased, monkeypatch):
+def test_a_failure_after_the_datasets_keeps_them_and_their_counts(workdir, monkeypatch):
     from rlaif.report import report
 
     monkeypatch.setattr(report, "write_report", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
@@ -373,6 +365,7 @@ def _staging(run: Path) -> list[Path]:
     return list(run.glob(".commit.*.tmp"))
 
 
+@pytest.mark.subprocess
 def test_a_second_writer_is_refused_and_a_killed_holder_blocks_nothing(run_dir, workdir):
     rows = _annotate(run_dir)
     first, second = _labels(workdir / "a.csv", rows, "a", "alice"), _labels(workdir / "b.csv", rows, "b", "bob")
@@ -395,6 +388,7 @@ def test_a_second_writer_is_refused_and_a_killed_holder_blocks_nothing(run_dir, 
     assert not _staging(run_dir)  # the killed merge's staging directory was cleaned up
 
 
+@pytest.mark.subprocess
 def test_two_merges_at_once_lose_no_votes(run_dir, workdir):
     """Two real merge-human processes started together: each merges or is refused (then retried); no vote is lost."""
     rows = _annotate(run_dir)
@@ -425,6 +419,7 @@ def _trio(run: Path) -> dict:
             "rejects": (run / "human_rejects.jsonl").read_text()}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("point, published", [
     ("write:human_agreement.json", False),  # a staged file, before its rename
     ("commit:staged", False),  # everything staged, before the commit point
@@ -454,6 +449,7 @@ def test_kill_9_during_merge_human(run_dir, workdir, point, published):
     assert cli("merge-human", run_dir, first, second)[0] == 0 and _trio(run_dir) == new
 
 
+@pytest.mark.subprocess
 def test_kill_9_between_staging_and_moving_in_is_finished_by_a_training_read(run_dir, workdir):
     """A reader of merged/ alone (train on RUN/merged) finishes the interrupted commit instead of missing the directory."""
     from rlaif.export.rows import load_saved
@@ -467,6 +463,7 @@ def test_kill_9_between_staging_and_moving_in_is_finished_by_a_training_read(run
     assert len(load_saved(run_dir / "merged")) == len(_trio(run_dir)["rows"])
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("point", ["write:annotation_order.json", "write:ann.csv", "write:ann.jsonl"])
 def test_kill_9_during_export_for_annotation(run_dir, workdir, point):
     rows = _annotate(run_dir)
@@ -508,6 +505,7 @@ def test_an_annotation_export_that_fails_midway_leaves_the_files_whole(run_dir, 
     assert not list(workdir.glob(".ann.*"))
 
 
+@pytest.mark.subprocess
 def test_recover_removes_only_dead_processes_temporary_files(tmp_path):
     from rlaif.rundir import atomic
 
