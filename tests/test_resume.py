@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import write_pipeline
 from tests.fakes import _kill_when, _start, rerun_and_check
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(1200)]  # `rlaif run` in a child process, killed with kill -9, rerun
+
 PROMPTS, N, ROUNDS = 10, 2, 1
 
 

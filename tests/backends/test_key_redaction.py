@@ -97,6 +97,7 @@ def test_pool_warning_and_final_error_carry_no_key(gateways, terminal, caplog, p
     assert_no_key(str(info.value))
 
 
+@pytest.mark.subprocess
 def test_a_run_against_echoing_gateways_prints_no_key(gateways, workdir):
     """The real terminal: `rlaif run` in its own process, stderr as the user sees it (warnings and the final error)."""
     a, b = gateways(), gateways()

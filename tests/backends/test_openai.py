@@ -225,6 +225,7 @@ def test_check_server(server):
     assert str(info.value) == f"{server.url}/nope/models answered HTTP 404 (does base_url end in /v1?)"
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.skipif(find_spec("vllm") is None, reason="vllm is not installed")
 def test_against_vllm_serve(tmp_path):

@@ -48,6 +48,7 @@ def _records(db) -> dict[str, tuple[str, dict]]:
         con.close()
 
 
+@pytest.mark.ray
 def test_replicas_share_a_batch_and_match_the_local_engine(local_ray, tiny_chat_model):
     from rlaif.backends.ray import RayGenerator
 
@@ -71,6 +72,7 @@ def test_replicas_share_a_batch_and_match_the_local_engine(local_ray, tiny_chat_
     assert remote.model_id == local.model_id  # so record keys, and resume, do not depend on the engine
 
 
+@pytest.mark.ray
 def test_pipeline_on_ray_writes_the_same_records(local_ray, workdir, tiny_base_model):
     from click.testing import CliRunner
 
@@ -92,6 +94,7 @@ def test_pipeline_on_ray_writes_the_same_records(local_ray, workdir, tiny_base_m
     assert run["status"] == "complete" and run["config"]["scale"]["replicas"] == 2
 
 
+@pytest.mark.ray
 def test_replicas_that_do_not_fit_the_cluster(local_ray, workdir, tiny_chat_model, monkeypatch):
     from rlaif.backends import pool as models
 
@@ -131,6 +134,7 @@ def test_bad_scale_settings(workdir, tiny_chat_model, scale, pattern):
     assert_one_line(err, pattern)
 
 
+@pytest.mark.ray
 def test_unreachable_address_fails_before_any_model_loads(workdir, tiny_chat_model, monkeypatch):
     from rlaif.backends import pool as models
 

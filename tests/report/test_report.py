@@ -199,6 +199,7 @@ def _image_check(tmp_path: Path, page: Path) -> dict:
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
+@pytest.mark.chromium
 def test_report_renders_in_chromium(tmp_path):
     page = write_report(synthetic_run(tmp_path / "run"))
     check = _image_check(tmp_path, page)

@@ -189,6 +189,7 @@ LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in ra
 BOMB = "lol: &l0 lol\n" + LAUGHS
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("where", ["value", "principles", "tags"])
 def test_billion_laughs_is_refused_in_seconds(workdir, where):
     text = {"value": "name: x\n" + BOMB + "description: *l9\nprinciples:\n" + GOOD_PRINCIPLE,

@@ -40,6 +40,7 @@ def run_capped(workdir, prompts: str) -> subprocess.CompletedProcess:
                           cwd=workdir, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(workdir)})
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", ["device", "fifo"])
 def test_devices_and_pipes_are_refused_not_read(workdir, kind):
     if kind == "device":
