@@ -96,8 +96,11 @@ def test_grpo_with_the_watch_reuses_the_reward_judge(tmp_path, tiny_chat_model, 
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in (tmp_path / "grpo" / "watch.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(-1 <= r["reward"] <= 1 for r in rows)  # the judge reward's scale
-    assert all(r["kl"] is not None and "past the bound 0.0" in r["warning"] for r in rows if r["kl"] > 0)
-    assert "WARNING reward hacking?" in result.output or all(r["kl"] == 0 for r in rows)
+    # The random tiny judge rates no answer (reward -1 for all), so GRPO's advantages are 0 and the policy does not
+    # move: the watch must measure a KL of exactly 0, which is not past the bound 0.0. (Old test: `... for r in rows
+    # if r["kl"] > 0` and `... or all(r["kl"] == 0 for r in rows)`, which in this very run checked nothing.)
+    assert all(r["reward"] == -1.0 and r["kl"] == 0.0 and r["warning"] is None for r in rows)
+    assert "WARNING reward hacking?" not in result.output
 
 
 @pytest.mark.parametrize("watch_yaml, pattern", [
