@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-weight models with an in-process tokenizer; no downloads."""
+"""Shared fixtures: tiny random-weight models with an in-process tokenizer (no downloads), a finished run directory,
+training data; the fakes they use live in tests/fakes.py."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 
 def write_pipeline(path: Path, model: Path | str, **extra) -> Path:
-    """A small hf-backend pipeline file for tests."""
+    """A small pipeline file for tests: the hf backend, or `backend=...` (e.g. "scripted": no model at all)."""
+    backend = extra.pop("backend", "hf")
     stages = extra.pop("stages", "stages:\n  respond: {n: 2, max_tokens: 12}\n  critique: {rounds: 2, max_tokens: 12}\n")
     text = (
         f"name: {extra.pop('name', 'test')}\n"
@@ -71,7 +73,7 @@ def write_pipeline(path: Path, model: Path | str, **extra) -> Path:
         f"prompts: {extra.pop('prompts', 'data/prompts.jsonl')}\n"
         f"limit: {extra.pop('limit', 6)}\n"
         f"batch_size: {extra.pop('batch_size', 4)}\n"
-        f"models:\n  policy: {{model: {model}, backend: hf, dtype: float32}}\n" + stages
+        f"models:\n  policy: {{model: {model}, backend: {backend}, dtype: float32}}\n" + stages
     )
     for key, value in extra.items():
         text += f"{key}: {value}\n"
@@ -120,3 +122,56 @@ def assert_history(record: dict, steps: int) -> list[dict]:
         assert isinstance(h["step"], int) and isinstance(h["loss"], float) and math.isfinite(h["loss"]), h
         assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h.values()), h
     return history
+@pytest.fixture
+def run_dir(workdir):
+    """A finished run with judged pairs on the scripted backend (no model): four prompts, three responses each; the
+    scripted judge's labels leave 6 of the 12 sample pairs (the others are ties)."""
+    from click.testing import CliRunner
+
+    from rlaif.cli import main
+
+    (workdir / "p.txt").write_text("one\ntwo\nthree\nfour\n")
+    stages = "stages:\n  respond: {n: 3}\n  judge: {}\n"
+    pipe = write_pipeline(workdir / "p.yaml", "scripted-judge", prompts="p.txt", stages=stages, backend="scripted")
+    assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
+    return workdir / "outputs" / "test"
+
+
+@pytest.fixture
+def prompts_ds(tmp_path):
+    """A preference dataset of four prompts, two of them repeated (online training reads each prompt once)."""
+    import datasets
+
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": [{"role": "assistant", "content": "yes"}],
+             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(4)]
+    rows += rows[:2]  # repeated prompts, as in a preference dataset: trained once each
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "prefs"))
+    return tmp_path / "prefs"
+
+
+@pytest.fixture
+def make_reward_model(tmp_path):
+    """Builds a tiny random reward model on a policy's tokenizer as `rlaif train reward` saves it (a base model gets
+    rlaif's Human:/Assistant: training template), in tmp_path/rm."""
+
+    def make(policy_dir: Path) -> Path:
+        import torch
+        from transformers import LlamaConfig, LlamaForSequenceClassification
+
+        from rlaif.train import load_tokenizer
+
+        tok = load_tokenizer(str(policy_dir), log=lambda _: None)
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+        tok.save_pretrained(tmp_path / "rm")
+        return tmp_path / "rm"
+
+    return make
+
+
+@pytest.fixture
+def tiny_reward_model(make_reward_model, tiny_chat_model) -> Path:
+    """The tiny reward model on the tiny chat model's tokenizer."""
+    return make_reward_model(tiny_chat_model)

@@ -11,8 +11,7 @@ from rlaif.backends import pool as models
 from rlaif.cli import main
 
 from tests.conftest import write_pipeline
-
-GOOD_PRINCIPLE = "  - name: a\n    critique: Find problems.\n    revision: Fix them.\n    comparison: Which is better?\n"
+from tests.fakes import GOOD_PRINCIPLE, assert_one_line, constitution, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -23,24 +22,6 @@ def no_model_loads(monkeypatch):
         raise AssertionError("a model was loaded before the input was validated")
 
     monkeypatch.setattr(models.ModelPool, "get", refuse)
-
-
-def run_cli(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stderr.strip()
-
-
-def assert_one_line(err: str, pattern: str):
-    assert "\n" not in err, f"expected one line, got:\n{err}"
-    assert "Traceback" not in err
-    assert re.search(pattern, err), err
-
-
-def constitution(workdir, text: str):
-    path = workdir / "c.yaml"
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize(

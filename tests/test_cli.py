@@ -25,6 +25,7 @@ def test_version():
     assert result.exit_code == 0 and "0.1.0" in result.output
 
 
+@pytest.mark.subprocess
 def test_python_m_rlaif_train_entry_point():
     """`accelerate launch -m rlaif.train ...` runs this module on every process."""
     import subprocess
@@ -45,6 +46,7 @@ def test_accelerate_configs_load():
     assert kinds == {"MULTI_GPU", "DEEPSPEED", "FSDP"}
 
 
+@pytest.mark.subprocess
 def test_python_m_rlaif_cli_has_every_command():
     """`python -m rlaif.cli eval ...`: the `__main__` guard ran before the eval group was registered."""
     import subprocess

@@ -9,7 +9,7 @@ import sys
 import datasets
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.timeout(1800)]  # ~9 minutes on a slow 2-core host
 
 
 def test_quickstart_on_vllm(workdir):

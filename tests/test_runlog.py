@@ -204,6 +204,7 @@ def test_a_library_crash_is_logged_and_carries_the_log(workdir, tiny_chat_model,
     capfd.readouterr()
 
 
+@pytest.mark.subprocess
 def test_the_command_prints_a_logged_crash_in_two_lines(workdir, tiny_chat_model, tmp_path):
     """A real library crash (transformers reading a damaged weights file) in a real `rlaif run` process."""
     import shutil

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow  # a wheel build, a venv and four CLI processes: about a minute
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # a wheel build, a venv and four CLI processes: about a minute
 
 
 def _run(args, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

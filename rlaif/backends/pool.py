@@ -21,6 +21,8 @@ def check_model(cfg: ModelConfig, pipeline, where: str) -> None:
     """Fail early, before any weights load or request: missing model paths, API keys, unreachable servers."""
     if cfg.backend == "openai":
         return _check_server(cfg, pipeline, where)
+    if cfg.backend == "scripted":
+        return  # no weights, no server: `model` is only its model id
     check_model_path(cfg.model, *pipeline.where(f"{where}.model"))
 
 
@@ -82,7 +84,9 @@ def resolve_model(name: str) -> str:
 
 
 def load_engine(cfg: ModelConfig, seed: int = 0, tensor_parallel: int = 1):
-    """Build the local engine (vllm or hf) a model config asks for; Ray replicas call this too."""
+    """Build the local engine (vllm, hf or scripted) a model config asks for; Ray replicas call this too."""
+    if cfg.backend == "scripted":
+        return scripted_generator(cfg)
     path = resolve_model(cfg.model)
     if cfg.backend == "hf":
         from .hf import HFGenerator
@@ -99,6 +103,15 @@ def load_engine(cfg: ModelConfig, seed: int = 0, tensor_parallel: int = 1):
     if cfg.model == "default":
         engine.model_id = DEFAULT_MODEL_ID
     return engine
+
+
+def scripted_generator(cfg: ModelConfig):
+    """`backend: scripted`: canned replies at once, no weights (tests choose it by config; bench/overhead.py)."""
+    from .scripted import ScriptedGenerator
+
+    # no tokenizer to ask, so `auto` is completion; the model id is the `model` name, "scripted" for the default
+    return ScriptedGenerator(words=cfg.scripted_words, chat=cfg.prompt_format == "chat", option_mass=cfg.scripted_option_mass,
+                             model_id="scripted" if cfg.model == "default" else cfg.model)
 
 
 class ModelPool:
@@ -146,7 +159,7 @@ def check_prompt_tokens(pipeline, prompts: list) -> None:
     model (vllm: max_model_len; hf: the model's max_position_embeddings). The count is the messages' own tokens, a
     lower bound: the chat template or few-shot examples come on top. Hub ids and servers are not checked here."""
     cfg, respond = pipeline.models.policy, pipeline.stages.respond
-    if cfg.backend == "openai" or respond is None:
+    if cfg.backend in ("openai", "scripted") or respond is None:
         return
     from .default_model import MARKER, default_model_dir
 

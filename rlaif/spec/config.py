@@ -21,8 +21,8 @@ COMPLETION_STOP = ("\nHuman:", "\nAssistant:", "\nCritiqueRequest:", "\nCritique
 class ModelConfig:
     """One model role: which weights, on which backend, with which engine settings."""
 
-    model: str = "default"  # "default" (the embedded Gemma 3 270M), a local HF directory, or a hub id
-    backend: Literal["vllm", "hf", "openai"] = "vllm"
+    model: str = "default"  # "default" (the embedded Gemma 3 270M), a local HF directory, or a hub id; scripted: its model id
+    backend: Literal["vllm", "hf", "openai", "scripted"] = "vllm"  # scripted: canned replies, no model (tests, overhead)
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "bfloat16"
     prompt_format: Literal["auto", "chat", "completion"] = "auto"  # auto: chat if the tokenizer has a template
     max_model_len: PositiveInt = 4096  # vllm: longest prompt + completion
@@ -35,6 +35,8 @@ class ModelConfig:
     request_timeout: PositiveFloat = 60.0  # openai: seconds per request before it is retried
     max_retries: NonNegativeInt = 5  # openai: retries on 429, 5xx, timeouts and malformed replies (exponential backoff)
     endpoint_cooldown: PositiveFloat = 10.0  # openai pool: seconds a failing server sits out before it is tried again
+    scripted_words: PositiveInt = 60  # scripted: words per reply (one token each, at most the stage's max_tokens)
+    scripted_option_mass: Fraction = 0.9  # scripted: P(A) + P(B) (or of the ratings) it gives a judge
 
     def __post_init__(self):
         check_ranges(self)

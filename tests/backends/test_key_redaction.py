@@ -14,8 +14,7 @@ import pytest
 from rlaif.backends.openai import OpenAIGenerator, ServerError
 
 from tests.conftest import ROOT
-
-from tests.backends.test_openai import Handler, Script, prompt
+from tests.fakes import Handler, Script, prompt
 
 KEY = "sk-live-9f8e7d6c5b4a3210REDACTME"
 
@@ -98,6 +97,7 @@ def test_pool_warning_and_final_error_carry_no_key(gateways, terminal, caplog, p
     assert_no_key(str(info.value))
 
 
+@pytest.mark.subprocess
 def test_a_run_against_echoing_gateways_prints_no_key(gateways, workdir):
     """The real terminal: `rlaif run` in its own process, stderr as the user sees it (warnings and the final error)."""
     a, b = gateways(), gateways()

@@ -6,12 +6,11 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib.util import find_spec
 
 import pytest
@@ -19,107 +18,9 @@ import pytest
 from rlaif.backends.base import LogprobsUnavailable, Request, Sampling
 from rlaif.backends.openai import OpenAIGenerator, ServerError, check_server
 
+from tests.fakes import TIMEOUT, Handler, Script, free_port, prompt
+
 KEY = "sk-test-0123456789SECRET"
-TIMEOUT = 0.5  # the client's per-request timeout in these tests; the "slow" fault takes longer
-
-
-class Script:
-    """What the fake server does: faults to play in arrival order, then well-formed replies; and what it saw."""
-
-    def __init__(self):
-        self.faults: list[str] = []
-        self.delay = lambda body: 0.0  # seconds a good reply takes
-        self.logprobs = True
-        self.top = lambda body: {" A": -0.5, "A": -0.7, " B": -1.25, "C": -3.0}  # top logprobs for a request body
-        self.continues = True  # accepts vLLM's continue_final_message
-        self.requests: list[tuple[str, dict, str | None]] = []  # (path, body, Authorization header)
-        self.in_flight = self.peak = 0
-        self.lock = threading.Lock()
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like real servers
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        if self.path != "/v1/models":
-            return self._send(404, {"error": {"message": "not found"}})
-        self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
-
-    def do_POST(self):
-        script: Script = self.server.script
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with script.lock:
-            script.requests.append((self.path, body, self.headers.get("Authorization")))
-            fault = script.faults.pop(0) if script.faults else None
-            script.in_flight += 1
-            script.peak = max(script.peak, script.in_flight)
-        try:
-            self._reply(script, fault, body)
-        except OSError:  # the client hung up (timeout fault)
-            pass
-        finally:
-            with script.lock:
-                script.in_flight -= 1
-
-    def _reply(self, script: Script, fault: str | None, body: dict):
-        if fault == "429":
-            return self._send(429, {"error": {"message": "rate limited"}})
-        if fault == "429-retry-after":
-            return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0.4"})
-        if fault in ("500", "503"):
-            return self._send(int(fault), {"error": {"message": "server trouble"}})
-        if fault == "401":  # a server that echoes the key it got: the client must not repeat it
-            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-            return self._send(401, {"error": {"message": f"invalid api key {key}"}})
-        if fault == "too-long":
-            return self._send(400, {"error": {"message": "This model's maximum context length is 2048 tokens."}})
-        if fault == "slow":
-            time.sleep(3 * TIMEOUT)
-        if fault == "malformed":
-            return self._send_raw(200, b'{"id": "x", "choices": [{"text": ')
-        if fault == "no-choices":
-            return self._send(200, {"id": "x", "object": "text_completion", "model": body["model"]})
-        if "continue_final_message" in body and not script.continues:  # as a strict server (OpenAI itself) answers
-            return self._send(400, {"error": {"message": "Unrecognized request argument supplied: continue_final_message"}})
-        time.sleep(script.delay(body))
-        self._send(200, self._good(script, body))
-
-    def _good(self, script: Script, body: dict) -> dict:
-        chat = self.path.endswith("/chat/completions")
-        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-        n = body.get("n", 1)
-        choices = []
-        for i in reversed(range(n)):  # out of order on purpose: the client sorts by index
-            text = f"<{prompt}|{i}>"
-            finish = "length" if body.get("max_tokens") == 3 else "stop"
-            choice = {"index": i, "finish_reason": finish, "logprobs": None}
-            choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-            if body.get("logprobs") and script.logprobs:
-                top = script.top(body)
-                if chat:
-                    entries = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
-                    choice["logprobs"] = {"content": [{"token": " A", "logprob": -0.5, "bytes": None, "top_logprobs": entries}]}
-                else:
-                    choice["logprobs"] = {"tokens": [" A"], "token_logprobs": [-0.5], "top_logprobs": [top], "text_offset": [0]}
-            choices.append(choice)
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 4 * n, "total_tokens": len(prompt.split()) + 4 * n}
-        kind = "chat.completion" if chat else "text_completion"
-        return {"id": "r", "object": kind, "created": 0, "model": body["model"], "choices": choices, "usage": usage}
-
-    def _send(self, status: int, payload: dict, headers: dict | None = None):
-        self._send_raw(status, json.dumps(payload).encode(), headers)
-
-    def _send_raw(self, status: int, data: bytes, headers: dict | None = None):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
 
 
 @pytest.fixture
@@ -149,16 +50,6 @@ def make(server):
     yield make
     for gen in made:
         gen.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def prompt(text: str, **sampling) -> Request:
-    return Request(prompt=text, sampling=Sampling(**sampling))
 
 
 @pytest.mark.parametrize("fault", ["429", "429-retry-after", "500", "503", "slow", "malformed", "no-choices"])
@@ -334,6 +225,7 @@ def test_check_server(server):
     assert str(info.value) == f"{server.url}/nope/models answered HTTP 404 (does base_url end in /v1?)"
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.skipif(find_spec("vllm") is None, reason="vllm is not installed")
 def test_against_vllm_serve(tmp_path):

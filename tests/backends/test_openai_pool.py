@@ -16,7 +16,7 @@ from rlaif.backends.endpoints import Cancelled, Endpoint, EndpointPool, Lease
 from rlaif.backends.openai import OpenAIGenerator, ServerError
 from rlaif.errors import UserError
 
-from tests.backends.test_openai import Handler, Script, free_port, prompt
+from tests.fakes import Handler, Script, free_port, prompt
 
 
 class TrackedHandler(Handler):

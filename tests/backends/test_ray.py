@@ -48,6 +48,7 @@ def _records(db) -> dict[str, tuple[str, dict]]:
         con.close()
 
 
+@pytest.mark.ray
 def test_replicas_share_a_batch_and_match_the_local_engine(local_ray, tiny_chat_model):
     from rlaif.backends.ray import RayGenerator
 
@@ -71,6 +72,7 @@ def test_replicas_share_a_batch_and_match_the_local_engine(local_ray, tiny_chat_
     assert remote.model_id == local.model_id  # so record keys, and resume, do not depend on the engine
 
 
+@pytest.mark.ray
 def test_pipeline_on_ray_writes_the_same_records(local_ray, workdir, tiny_base_model):
     from click.testing import CliRunner
 
@@ -92,10 +94,11 @@ def test_pipeline_on_ray_writes_the_same_records(local_ray, workdir, tiny_base_m
     assert run["status"] == "complete" and run["config"]["scale"]["replicas"] == 2
 
 
+@pytest.mark.ray
 def test_replicas_that_do_not_fit_the_cluster(local_ray, workdir, tiny_chat_model, monkeypatch):
     from rlaif.backends import pool as models
 
-    from tests.test_bad_input import assert_one_line, run_cli
+    from tests.fakes import assert_one_line, run_cli
 
     monkeypatch.setattr(models, "load_engine", lambda *a, **k: pytest.fail("a model was loaded"))
     pipe = write_pipeline(workdir / "p.yaml", tiny_chat_model, scale="{engine: ray, replicas: 3, num_cpus_per_replica: 1}")
@@ -124,17 +127,18 @@ def _free_port() -> int:
     ("{engine: ray, num_cpus_per_replica: 0}", r"p\.yaml:\d+: scale\.num_cpus_per_replica: must be > 0"),
 ])
 def test_bad_scale_settings(workdir, tiny_chat_model, scale, pattern):
-    from tests.test_bad_input import assert_one_line, run_cli
+    from tests.fakes import assert_one_line, run_cli
 
     code, err = run_cli("run", write_pipeline(workdir / "p.yaml", tiny_chat_model, scale=scale))
     assert code == 2
     assert_one_line(err, pattern)
 
 
+@pytest.mark.ray
 def test_unreachable_address_fails_before_any_model_loads(workdir, tiny_chat_model, monkeypatch):
     from rlaif.backends import pool as models
 
-    from tests.test_bad_input import assert_one_line, run_cli
+    from tests.fakes import assert_one_line, run_cli
 
     monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: pytest.fail("a model was loaded"))
     port = _free_port()  # nothing listens there
@@ -145,7 +149,7 @@ def test_unreachable_address_fails_before_any_model_loads(workdir, tiny_chat_mod
 
 
 def test_ray_not_installed(workdir, tiny_chat_model, monkeypatch):
-    from tests.test_bad_input import assert_one_line, run_cli
+    from tests.fakes import assert_one_line, run_cli
 
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError
     code, err = run_cli("run", write_pipeline(workdir / "p.yaml", tiny_chat_model, scale="{engine: ray}"))

@@ -8,10 +8,12 @@ import time
 import pytest
 
 from tests.conftest import write_pipeline
-from tests.test_resume import _kill_when, _records, _start, rerun_and_check
+from tests.fakes import _kill_when, _records, _start, rerun_and_check
 
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.timeout(1800)]  # kill -9 a driver, `ray start`
 
 PROMPTS, N, ROUNDS = 10, 2, 1
 

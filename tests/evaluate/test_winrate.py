@@ -15,7 +15,7 @@ from rlaif.spec.constitution import load_constitution
 from rlaif.stats import bootstrap_ci, mean_ci, wilson_ci
 from rlaif.stages.compare import outcome, summarise
 
-from tests.stages.test_judge import BiasedJudge
+from tests.fakes import BiasedJudge
 
 
 @pytest.mark.parametrize("label,band,expected", [

@@ -8,21 +8,7 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from rlaif.backends import pool as models
 from rlaif.cli import main
-
-from tests.conftest import write_pipeline
-from tests.stages.test_judge import BiasedJudge
-
-
-@pytest.fixture
-def run_dir(workdir, monkeypatch):
-    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: BiasedJudge(position_bias=0.05))
-    (workdir / "p.txt").write_text("one\ntwo\nthree\n")
-    stages = "stages:\n  respond: {n: 3}\n  judge: {}\n"
-    pipe = write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages)
-    assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
-    return workdir / "outputs" / "test"
 
 
 @pytest.mark.parametrize("fmt, files", [("hf", ["prefs/dataset_info.json", "sft/state.json"]),
@@ -41,7 +27,7 @@ def test_export_formats_and_card(run_dir, tmp_path, fmt, files):
     card = (out / "README.md").read_text()
     info = json.loads((run_dir / "run.json").read_text())
     assert info["constitution"]["sha256"] in card and f"| `prefs` | {n} |" in card
-    assert "DPOTrainer" in card and "load_dataset" in card and "biased-judge" in card and "both_orders=True" in card
+    assert "DPOTrainer" in card and "load_dataset" in card and "scripted-judge" in card and "both_orders=True" in card
     assert f"| samples | {n} |" in card
     judged = info["counts"]["judge"]["overall"]  # how the labels were read, and how many orders had too little mass
     assert f"of {judged['orders_scored']} scored orders,\n0 had P(A) + P(B) below `min_option_mass`" in card
@@ -53,7 +39,7 @@ def test_card_shows_the_pair_counts(run_dir, tmp_path):
     card = (out / "README.md").read_text()
     pairs = json.loads((run_dir / "run.json").read_text())["counts"]["pairs"]
     assert f"**{pairs['duplicates_merged']} duplicates merged**" in card and f"**{pairs['conflicts']} conflicts**" in card
-    assert "tie 0" in card and "label_source" in card
+    assert f"tie {pairs['dropped']['tie']}," in card and "label_source" in card  # the dropped ties, counted
 
 
 def test_export_merges_the_duplicate_pairs_of_an_older_run(run_dir, tmp_path):

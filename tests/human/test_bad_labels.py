@@ -13,8 +13,7 @@ from click.testing import CliRunner
 from rlaif.cli import main
 from rlaif.human.read import read_labels
 
-from tests.human.test_merge import _annotate, _merge, _merged
-from tests.export.test_publish import run_dir  # noqa: F401  (fixture: a finished run with judged pairs)
+from tests.fakes import _annotate, _merge, _merged
 
 
 def _rejects(run_dir):
@@ -27,7 +26,7 @@ def _ok(result):
     assert "Traceback" not in result.output
 
 
-def test_trl_rows_with_bad_roles_or_contents_are_rejected(run_dir, tmp_path):  # noqa: F811
+def test_trl_rows_with_bad_roles_or_contents_are_rejected(run_dir, tmp_path):
     rows = [
         {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},                                      # 1 good
         {"prompt": "q2", "chosen": [{"role": "bot", "content": "x"}], "rejected": "y"},                               # 2 role
@@ -53,19 +52,19 @@ def test_trl_rows_with_bad_roles_or_contents_are_rejected(run_dir, tmp_path):  #
     assert len([r for r in datasets.load_from_disk(str(run_dir / "merged")) if r["source"] == "human"]) == 1
 
 
-def test_a_missing_labels_file_is_an_error(run_dir, tmp_path):  # noqa: F811
+def test_a_missing_labels_file_is_an_error(run_dir, tmp_path):
     result = _merge(run_dir, tmp_path / "nope.csv")
     assert result.exit_code == 2 and "nope.csv: labels file not found" in result.stderr
     assert "\n" not in result.stderr.strip()
     assert not (run_dir / "human_rejects.jsonl").exists()  # found before anything was written
 
 
-def test_a_labels_file_that_is_a_device_is_refused(run_dir):  # noqa: F811
+def test_a_labels_file_that_is_a_device_is_refused(run_dir):
     result = _merge(run_dir, "/dev/zero")
     assert result.exit_code == 2 and "/dev/zero: labels file is not a regular file" in result.stderr
 
 
-def test_bom_blank_lines_and_multiline_fields_keep_csv_lines(run_dir, tmp_path):  # noqa: F811
+def test_bom_blank_lines_and_multiline_fields_keep_csv_lines(run_dir, tmp_path):
     rows, order = _annotate(run_dir, tmp_path)
     pid = rows[0]["pair_id"]
     text = ("pair_id,verdict,annotator,comment\n"            # 1
@@ -81,7 +80,7 @@ def test_bom_blank_lines_and_multiline_fields_keep_csv_lines(run_dir, tmp_path):
     assert {r["pair_id"]: r for r in _merged(run_dir)}[pid]["human_votes"] == 2
 
 
-def test_non_utf8_inside_a_multiline_field_names_its_line(run_dir, tmp_path):  # noqa: F811
+def test_non_utf8_inside_a_multiline_field_names_its_line(run_dir, tmp_path):
     rows, _ = _annotate(run_dir, tmp_path)
     pid = rows[0]["pair_id"]
     f = tmp_path / "v.csv"
@@ -92,7 +91,7 @@ def test_non_utf8_inside_a_multiline_field_names_its_line(run_dir, tmp_path):  #
     assert {r["pair_id"]: r for r in _merged(run_dir)}[pid]["human_votes"] == 1
 
 
-def test_rows_the_parsers_choke_on(run_dir, tmp_path):  # noqa: F811
+def test_rows_the_parsers_choke_on(run_dir, tmp_path):
     rows, _ = _annotate(run_dir, tmp_path)
     pid = rows[0]["pair_id"]
     f = tmp_path / "v.jsonl"
@@ -121,7 +120,7 @@ ARGILLA_BAD = [
 ]
 
 
-def test_argilla_rows_of_the_wrong_shape_are_rejects_with_their_lines(run_dir, tmp_path):  # noqa: F811
+def test_argilla_rows_of_the_wrong_shape_are_rejects_with_their_lines(run_dir, tmp_path):
     rows, _ = _annotate(run_dir, tmp_path)
     pid = rows[0]["pair_id"]
     good = {"metadata": {"pair_id": pid}, "responses": {"preference": [{"user_id": "good", "value": "a"}]}}
@@ -144,7 +143,7 @@ def test_argilla_rows_of_the_wrong_shape_are_rejects_with_their_lines(run_dir, t
     ("just a string", "got str"),
     ({"pair_id": "x"}, "got records: NoneType"),
 ])
-def test_a_json_document_of_the_wrong_shape(run_dir, tmp_path, doc, reason):  # noqa: F811
+def test_a_json_document_of_the_wrong_shape(run_dir, tmp_path, doc, reason):
     f = tmp_path / "a.json"
     f.write_text(json.dumps(doc))
     _ok(_merge(run_dir, f))
@@ -176,7 +175,7 @@ def hostile_run(workdir, monkeypatch):
     from rlaif.backends.base import Completion, Output
 
     from tests.conftest import write_pipeline
-    from tests.stages.test_judge import BiasedJudge
+    from tests.fakes import BiasedJudge
 
     class Echo(BiasedJudge):
         """Answers with the prompt itself, so the responses start with the same hostile characters."""

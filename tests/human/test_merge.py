@@ -7,12 +7,10 @@ import json
 
 import datasets
 import pytest
-from click.testing import CliRunner
 
-from rlaif.cli import main
 from rlaif.human.merge import agreement, cohen_kappa, majority
 
-from tests.export.test_publish import run_dir  # noqa: F401  (fixture: a finished run with judged pairs)
+from tests.fakes import _annotate, _merge, _merged
 
 
 def test_cohen_kappa_by_hand():
@@ -34,17 +32,6 @@ def test_majority_and_agreement_report():
     assert report["per_group"]["x"]["pairs"] == 2 and report["per_group"]["y"]["agreement"] is None
 
 
-def _annotate(run_dir, tmp_path):
-    CliRunner().invoke(main, ["export", str(run_dir), "--for-annotation", str(tmp_path / "ann.csv")], catch_exceptions=False)
-    rows = list(csv.DictReader((tmp_path / "ann.csv").open()))
-    order = json.loads((run_dir / "annotation_order.json").read_text())
-    return rows, order
-
-
-def _merge(run_dir, *args):
-    return CliRunner().invoke(main, ["merge-human", str(run_dir), *map(str, args)])
-
-
 def _write_csv(path, rows):
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["pair_id", "verdict", "annotator", "comment"])
@@ -53,11 +40,7 @@ def _write_csv(path, rows):
     return path
 
 
-def _merged(run_dir):
-    return [json.loads(x) for x in (run_dir / "merged.jsonl").read_text().splitlines()]
-
-
-def test_verdicts_majority_conflicts_and_idempotence(run_dir, tmp_path):  # noqa: F811
+def test_verdicts_majority_conflicts_and_idempotence(run_dir, tmp_path):
     rows, order = _annotate(run_dir, tmp_path)
     assert len(rows) >= 2
     first, second = rows[0]["pair_id"], rows[1]["pair_id"]
@@ -87,7 +70,7 @@ def test_verdicts_majority_conflicts_and_idempotence(run_dir, tmp_path):  # noqa
     assert (run_dir / "merged.jsonl").read_text() == before
 
 
-def test_policies(run_dir, tmp_path):  # noqa: F811
+def test_policies(run_dir, tmp_path):
     rows, order = _annotate(run_dir, tmp_path)
     pid = rows[0]["pair_id"]
     disagree = "b" if order[pid]["a"] == "chosen" else "a"
@@ -110,7 +93,7 @@ def test_policies(run_dir, tmp_path):  # noqa: F811
     assert row["chosen"] == prefs[pid]["rejected"] and row["p_chosen"] == pytest.approx(0.9 + 0.1 * (1 - prefs[pid]["p_chosen"]))
 
 
-def test_trl_style_and_argilla_imports(run_dir, tmp_path):  # noqa: F811
+def test_trl_style_and_argilla_imports(run_dir, tmp_path):
     prefs = list(datasets.load_from_disk(str(run_dir / "prefs")))
     known = prefs[0]
     trl = tmp_path / "trl.jsonl"
@@ -143,7 +126,7 @@ def test_trl_style_and_argilla_imports(run_dir, tmp_path):  # noqa: F811
     assert arg["human_votes"] == 2 and arg["chosen"][0]["content"] == rows[1]["response_a"]
 
 
-def test_bad_rows_are_rejected_with_lines_and_the_rest_merged(run_dir, tmp_path):  # noqa: F811
+def test_bad_rows_are_rejected_with_lines_and_the_rest_merged(run_dir, tmp_path):
     rows, _ = _annotate(run_dir, tmp_path)
     pid = rows[0]["pair_id"]
     bad = tmp_path / "bad.jsonl"
@@ -172,7 +155,7 @@ def test_bad_rows_are_rejected_with_lines_and_the_rest_merged(run_dir, tmp_path)
     assert merged[pid]["human_votes"] == 1  # the good row was merged
 
 
-def test_strict_makes_a_bad_row_fatal_and_writes_nothing(run_dir, tmp_path):  # noqa: F811
+def test_strict_makes_a_bad_row_fatal_and_writes_nothing(run_dir, tmp_path):
     rows, _ = _annotate(run_dir, tmp_path)
     f = tmp_path / "v.jsonl"
     f.write_text(json.dumps({"pair_id": rows[0]["pair_id"], "verdict": "a"}) + "\n" + json.dumps({"pair_id": "zzz", "verdict": "a"}) + "\n")
@@ -181,7 +164,7 @@ def test_strict_makes_a_bad_row_fatal_and_writes_nothing(run_dir, tmp_path):  # 
     assert not (run_dir / "merged").exists() and not (run_dir / "merged.jsonl").exists()
 
 
-def test_a_pair_carried_by_two_pair_types_is_annotated_and_counted_once(run_dir, tmp_path):  # noqa: F811
+def test_a_pair_carried_by_two_pair_types_is_annotated_and_counted_once(run_dir, tmp_path):
     from rlaif.export.rows import PREF_FEATURES, write_dataset
 
     prefs = list(datasets.load_from_disk(str(run_dir / "prefs")))
@@ -197,7 +180,7 @@ def test_a_pair_carried_by_two_pair_types_is_annotated_and_counted_once(run_dir,
     assert json.loads((run_dir / "human_agreement.json").read_text())["overall"]["pairs"] == 1
 
 
-def test_weighted_uses_the_rows_confidence_when_p_chosen_is_missing(run_dir, tmp_path):  # noqa: F811
+def test_weighted_uses_the_rows_confidence_when_p_chosen_is_missing(run_dir, tmp_path):
     """F14: a pair with only a margin (a score pair of an older run) has confidence (1 + margin) / 2, not 1.
 
     One human vote against the AI side, weight w = 0.2: P(AI side) = 0.8 * (1 + 0.4) / 2 = 0.56 (was 0.8 * 1).

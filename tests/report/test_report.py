@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
@@ -14,91 +13,7 @@ from rlaif.cli import main
 from rlaif.report.report import write_report
 from rlaif.rundir.reader import RunDir
 
-PRINCIPLES = ("avoid-harm", "be-honest", "explain-dont-refuse")
-HOSTILE = "<script>alert('x')</script> & <b>bold</b>"  # data must come out escaped, never as markup
-
-
-def _write(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, list):
-        path.write_text("".join(json.dumps(r) + "\n" for r in data))
-    else:
-        path.write_text(json.dumps(data, indent=2))
-
-
-def _stats(rng) -> dict:
-    hist = {f"{b / 10:.1f}-{b / 10 + 0.1:.1f}": rng.randint(0, 9) for b in range(10)}
-    return {"comparisons": 10, "judgements": 10, "position_consistency": rng.random(), "first_position_win_rate": rng.random(),
-            "longer_chosen_rate": rng.random(), "parse_failure_rate": 0.0, "label_histogram": hist}
-
-
-def _rate(rng, key: str) -> dict:
-    v = rng.uniform(0.3, 0.8)
-    return {key: v, "ci95": [max(v - 0.1, 0), min(v + 0.1, 1)], "n": 40}
-
-
-def synthetic_run(path: Path, full: bool = True) -> Path:
-    """A run directory as the pipeline, merge-human, training and evaluation leave it; `full=False`: run.json only."""
-    rng = random.Random(0)
-    counts = {"revision_problems": {"echoes_request": 2}, "prompts": 4, "responses": 8, "critique_rounds": 8, "sft_rows": 4, "pref_rows": 12,
-              "judge": {"comparisons": 10, "dropped": {"no_label": 1}}, "score": {"ratings": 8, "mean_score": 5.5},
-              "pairs": {"rows_in": 14, "pairs": 12, "duplicates_merged": 2, "conflicts": 1, "label_source": {"judge": 8, "score": 4},
-                        "dropped": {"tie": 1, "inconsistent": 0, "low_margin": 0, "truncated_chosen": 0}},
-              "train": {"dpo": {"steps": 3, "train_loss": 0.69}}}
-    info = {"name": "synthetic", "status": "complete", "seed": 7, "seconds": 12.5, "rlaif_version": "0.1.0",
-            "constitution": {"path": "constitutions/harmless.yaml", "name": "harmless", "sha256": "ab" * 32},
-            "prompts": {"path": "data/prompts.jsonl", "count": 4}, "models": {"policy": "tiny-policy", "judge": "tiny-judge"},
-            "config": {"stages": {"respond": {"n": 2}}}, "counts": counts, "versions": {"python": "3.11"}}
-    _write(path / "run.json", info)
-    if not full:
-        return path
-    _write(path / "run.json", info | {"warnings": ["the judge's position consistency is 0.17 (below 0.6): its two orders agree "
-                                                   "little more often than chance"]})
-    _write(path / "judge_stats.json", {"overall": _stats(rng), "per_principle": {p: _stats(rng) for p in PRINCIPLES}})
-    prefs = []
-    for i in range(12):
-        p = rng.uniform(0.5, 1.0)
-        kind = ("samples", "revision", "best_vs_worst")[i % 3]
-        prefs.append({"prompt": [{"role": "user", "content": HOSTILE if i == 0 else f"prompt {i}"}],
-                      "chosen": [{"role": "assistant", "content": f"chosen {i}"}],
-                      "rejected": [{"role": "assistant", "content": f"rejected {i}"}],
-                      "pair_type": kind, "source": "ai", "principles": [PRINCIPLES[i % 3]], "pair_id": f"pair{i}",
-                      "p_chosen": None if kind == "best_vs_worst" else p, "margin": 2 * p - 1,
-                      "orders_agree": None if kind == "best_vs_worst" else i % 2 == 0})
-    _write(path / "prefs.jsonl", prefs)
-    _write(path / "sft.jsonl", [{"prompt": [{"role": "user", "content": f"sft prompt {i}"}],
-                                 "completion": [{"role": "assistant", "content": f"sft answer {i}"}],
-                                 "source": ("revision", "response")[i % 2], "principles": [PRINCIPLES[i % 3]]} for i in range(4)])
-    _write(path / "merged.jsonl", [{"pair_id": f"pair{i}", "source": ("ai", "human", "both")[i % 3]} for i in range(5)])
-    _write(path / "scores.jsonl", [{"target_key": f"t{i}", "principle": PRINCIPLES[i % 3], "score": rng.uniform(1, 10)}
-                                   for i in range(8)])
-    overall = {"pairs": 6, "agreement": 0.6, "cohen_kappa": 0.2, "human_ties": 1,
-               "confusion": {"first": {"first": 2, "second": 1}, "second": {"second": 2, "tie": 1}}, "conflicts": ["pair0"]}
-    _write(path / "human_agreement.json", {"overall": overall, "per_group": {p: overall for p in PRINCIPLES},
-                                           "policy": "human-overrides", "weight": None})
-    _write(path / "human_rejects.jsonl", [{"file": "labels.csv", "line": 3, "reason": "invalid verdict 'x'", "raw": "{}"}])
-    for step in (2, 10):  # the newest checkpoint (10, not 2 as text order would have it) holds the full history
-        history = [{"step": s, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.01 * s, "rewards/chosen": 0.0}
-                   for s in range(1, step + 1)]
-        _write(path / "dpo" / f"checkpoint-{step}" / "trainer_state.json", {"log_history": history + [{"train_loss": 0.65}]})
-    _write(path / "dpo" / "rlaif_train.json", {"method": "dpo", "model_id": "tiny-policy", "config": {"trl": {"max_steps": 10}},
-                                               "metrics": {"steps": 10, "train_loss": 0.65, "losses": [0.69, 0.6]},
-                                               "seconds": 3.0})
-    ppo = [{"step": s, "score": 0.1 * s, "kl": 0.02 * s, "policy_loss": -0.01 * s, "value_loss": 1 / s} for s in range(1, 9)]
-    _write(path / "ppo" / "ppo_history.jsonl", ppo)
-    _write(path / "ppo" / "rlaif_train.json", {"method": "ppo", "metrics": {"steps": 8, "train_loss": -0.08, "history": ppo}})
-    watch = [{"step": s, "reward": 0.1 * s, "judge_win_rate": 0.6 - 0.04 * s, "kl": 0.05 * s,
-              "warning": "reward up, judge win rate down, KL 0.40: reward hacking?" if s == 8 else None} for s in range(2, 9, 2)]
-    _write(path / "ppo" / "watch.jsonl", watch)
-    grpo = [{"loss": 0.01 * s, "reward": 0.2 * s, "kl": 0.001 * s} for s in range(1, 5)]  # no step key: TRL's rows as kept
-    _write(path / "grpo" / "rlaif_train.json", {"method": "grpo", "metrics": {"steps": 4, "train_loss": 0.02, "history": grpo}})
-    _write(path / "eval" / "winrate.json", {"kind": "winrate", **_rate(rng, "win_rate"), "wins": 20, "losses": 12, "ties": 8,
-                                            "per_principle": {p: _rate(rng, "win_rate") for p in PRINCIPLES},
-                                            "warnings": ["the judge is the baseline model itself (tiny-policy): self-preference"]})
-    _write(path / "eval" / "harmless.json", {"kind": "harmless", **_rate(rng, "rate")})
-    _write(path / "eval" / "reward-model.json", {"kind": "reward-model", **_rate(rng, "accuracy")})
-    _write(path / "eval" / "kl.json", {"kind": "kl", "kl": 0.31, "per_principle": {p: {"kl": 0.3} for p in PRINCIPLES}})
-    return path
+from tests.fakes import HOSTILE, PRINCIPLES, _write, synthetic_run
 
 
 def _sections(html: str) -> dict[str, str]:
@@ -313,6 +228,7 @@ def _image_check(tmp_path: Path, page: Path) -> dict:
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
+@pytest.mark.chromium
 def test_report_renders_in_chromium(tmp_path):
     page = write_report(synthetic_run(tmp_path / "run"))
     check = _image_check(tmp_path, page)

@@ -24,12 +24,9 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from rlaif.backends import pool as models
 from rlaif.cli import main
 
 from tests.conftest import ROOT, write_pipeline
-from tests.stages.test_judge import BiasedJudge
-from tests.export.test_publish import run_dir  # noqa: F401  (fixture: a finished run with judged pairs)
 
 
 def cli(*args) -> tuple[int, str]:
@@ -58,21 +55,15 @@ def rlaif(*args, cwd, **extra_env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.fixture
-def biased(monkeypatch):
-    """Runs use an instant fake judge model (no weights)."""
-    monkeypatch.setattr(models.ModelPool, "get", lambda self, cfg: BiasedJudge(position_bias=0.05))
-
-
 def pipeline(workdir, **extra) -> Path:
     (workdir / "p.txt").write_text("one\ntwo\nthree\n")
     stages = extra.pop("stages", "stages:\n  respond: {n: 3}\n  judge: {}\n")
-    return write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages, **extra)
+    return write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages=stages, backend="scripted", **extra)
 
 
 # --- 1. a run never deletes what is already in its directory -------------------------------------------------------
 
-def test_run_refuses_a_directory_that_is_not_its_run(workdir, biased):
+def test_run_refuses_a_directory_that_is_not_its_run(workdir):
     out = workdir / "mine"
     (out / "sft").mkdir(parents=True)
     (out / "sft" / "thesis.tex").write_text("years of work")
@@ -87,7 +78,7 @@ def test_run_refuses_a_directory_that_is_not_its_run(workdir, biased):
     assert (out / "run.json").is_file() and len(datasets.load_from_disk(str(out / "prefs"))) > 0
 
 
-def test_run_refuses_the_run_of_another_pipeline_and_resumes_its_own(workdir, biased):
+def test_run_refuses_the_run_of_another_pipeline_and_resumes_its_own(workdir):
     assert cli("run", pipeline(workdir, name="first"))[0] == 0
     code, err = cli("run", pipeline(workdir, name="second"), "--output", workdir / "outputs" / "first")
     assert code == 2
@@ -96,14 +87,14 @@ def test_run_refuses_the_run_of_another_pipeline_and_resumes_its_own(workdir, bi
 
 
 @pytest.mark.parametrize("name", ['""', '"  "', "a/b", "..", ".hidden", "x/../y", "a..b"])
-def test_run_name_must_be_one_directory_name(workdir, biased, name):
+def test_run_name_must_be_one_directory_name(workdir, name):
     code, err = cli("run", pipeline(workdir, name=name))
     assert code == 2
     one_line(err, r"p\.yaml:1: name: ")
     assert not (workdir / "outputs").exists()
 
 
-def test_report_output_keeps_files_it_did_not_write(run_dir, tmp_path):  # noqa: F811
+def test_report_output_keeps_files_it_did_not_write(run_dir, tmp_path):
     out = tmp_path / "shared"
     out.mkdir()
     (out / "fig-mine.png").write_bytes(b"my figure")
@@ -114,7 +105,7 @@ def test_report_output_keeps_files_it_did_not_write(run_dir, tmp_path):  # noqa:
     assert len(list(out.glob("figures-*"))) == 1  # the first report's figures went, with nothing else
 
 
-def test_report_refuses_a_report_html_it_did_not_write(run_dir, tmp_path):  # noqa: F811
+def test_report_refuses_a_report_html_it_did_not_write(run_dir, tmp_path):
     out = tmp_path / "site"
     out.mkdir()
     (out / "report.html").write_text("<html><title>my quarterly report</title></html>")
@@ -124,7 +115,7 @@ def test_report_refuses_a_report_html_it_did_not_write(run_dir, tmp_path):  # no
     assert (out / "report.html").read_text().startswith("<html><title>my quarterly")
 
 
-def test_report_stage_output_is_checked_before_the_run(workdir, biased):
+def test_report_stage_output_is_checked_before_the_run(workdir):
     (workdir / "site").mkdir()
     (workdir / "site" / "report.html").write_text("<html><title>the team's page</title></html>")
     stages = "stages:\n  respond: {n: 3}\n  judge: {}\n  report: {output: site}\n"
@@ -143,7 +134,7 @@ def test_report_stage_output_is_checked_before_the_run(workdir, biased):
     ["--format", "jsonl", "--out", "{run}/export-x/.."], ["--format", "hf", "--out", "{run}/.."],
 ], ids=["annotation-prefs", "annotation-sft", "annotation-rejects", "jsonl-into-run", "hf-into-prefs", "symlink-out",
         "symlink-annotation", "dotdot", "parent-of-run"])
-def test_export_refuses_targets_in_the_run(run_dir, tmp_path, args):  # noqa: F811
+def test_export_refuses_targets_in_the_run(run_dir, tmp_path, args):
     (tmp_path / "link").symlink_to(run_dir)
     if args[-1] == "{run}/..":  # the hf export would write OUT/prefs, OUT/sft: make OUT/... hold the run under that name
         run_dir = run_dir.rename(run_dir.parent / "prefs")
@@ -154,7 +145,7 @@ def test_export_refuses_targets_in_the_run(run_dir, tmp_path, args):  # noqa: F8
     assert tree(run_dir) == before
 
 
-def test_export_into_the_run_s_own_export_directory_still_works(run_dir):  # noqa: F811
+def test_export_into_the_run_s_own_export_directory_still_works(run_dir):
     assert cli("export", run_dir, "--format", "jsonl")[0] == 0
     assert cli("export", run_dir, "--format", "jsonl")[0] == 0  # again: replaced
     assert (run_dir / "export-jsonl" / "prefs.jsonl").is_file()
@@ -167,7 +158,7 @@ def test_export_into_the_run_s_own_export_directory_still_works(run_dir):  # noq
     (KeyboardInterrupt(), 130, r"^interrupted"),
     ("user-error", 2, r"^data\.txt:3: a bad value$"),
 ], ids=["exception", "ctrl-c", "user-error"])
-def test_a_failed_run_records_status_failed(workdir, biased, monkeypatch, error, code, reason):
+def test_a_failed_run_records_status_failed(workdir, monkeypatch, error, code, reason):
     from rlaif import pipeline as pipeline_module
     from rlaif.errors import UserError
 
@@ -185,7 +176,7 @@ def test_a_failed_run_records_status_failed(workdir, biased, monkeypatch, error,
     assert "\n" not in info["error"] and info["seed"] == 0 and info["config"]["name"] == "test"
 
 
-def test_a_failure_after_the_datasets_keeps_them_and_their_counts(workdir, biased, monkeypatch):
+def test_a_failure_after_the_datasets_keeps_them_and_their_counts(workdir, monkeypatch):
     from rlaif.report import report
 
     monkeypatch.setattr(report, "write_report", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
@@ -218,7 +209,7 @@ def _labels(path: Path, rows, verdict: str, annotator: str, extra=()) -> Path:
 
 
 @pytest.mark.parametrize("command", ["export", "annotate", "merge-human", "report", "run"])
-def test_corrupt_run_json(run_dir, workdir, command):  # noqa: F811
+def test_corrupt_run_json(run_dir, workdir, command):
     (run_dir / "run.json").write_text('{"name": "test",\n  "status": "complete"\n')
     args = {"export": ["export", run_dir], "annotate": ["export", run_dir, "--for-annotation", workdir / "ann.csv"],
             "merge-human": ["merge-human", run_dir, _labels(workdir / "l.csv", [], "a", "x")],
@@ -228,7 +219,7 @@ def test_corrupt_run_json(run_dir, workdir, command):  # noqa: F811
     one_line(err, r"(^|/)outputs/test/run\.json:3: run\.json is not valid JSON")  # `rlaif run` names it as outputs/test
 
 
-def test_corrupt_annotation_order(run_dir, workdir):  # noqa: F811
+def test_corrupt_annotation_order(run_dir, workdir):
     rows = _annotate(run_dir)
     (run_dir / "annotation_order.json").write_text('{"abc": {"a": "chosen",')
     code, err = cli("merge-human", run_dir, _labels(workdir / "l.csv", rows, "a", "x"))
@@ -253,7 +244,7 @@ def _damage_arrow(run: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "state-json"])
 @pytest.mark.parametrize("command", ["export", "annotate", "merge-human", "train", "eval-reward-model"])
-def test_damaged_prefs_dataset(run_dir, workdir, tiny_chat_model, command, how):  # noqa: F811
+def test_damaged_prefs_dataset(run_dir, workdir, tiny_chat_model, command, how):
     _damage_arrow(run_dir, how)
     (workdir / "t.yaml").write_text(f"model: {tiny_chat_model}\ndataset: {run_dir}\noutput_dir: {workdir / 'dpo'}\n")
     args = {"export": ["export", run_dir], "annotate": ["export", run_dir, "--for-annotation", workdir / "ann.csv"],
@@ -269,7 +260,7 @@ def test_damaged_prefs_dataset(run_dir, workdir, tiny_chat_model, command, how):
 
 @pytest.mark.parametrize("damage", ["garbage", "half", "header"])
 @pytest.mark.parametrize("command", ["run", "merge-human"])
-def test_damaged_records_sqlite(run_dir, workdir, command, damage):  # noqa: F811
+def test_damaged_records_sqlite(run_dir, workdir, command, damage):
     db = run_dir / "records.sqlite"
     for extra in ("records.sqlite-wal", "records.sqlite-shm"):
         (run_dir / extra).unlink(missing_ok=True)
@@ -288,7 +279,7 @@ def test_damaged_records_sqlite(run_dir, workdir, command, damage):  # noqa: F81
 
 
 @pytest.mark.parametrize("command", ["run", "export", "report", "eval"])
-def test_output_names_a_file(run_dir, workdir, command):  # noqa: F811
+def test_output_names_a_file(run_dir, workdir, command):
     f = workdir / "a-file"
     f.write_text("keep me")
     args = {"run": ["run", workdir / "p.yaml", "--output", f], "export": ["export", run_dir, "--out", f],
@@ -310,7 +301,7 @@ def test_run_dir_that_is_a_file(workdir):
 
 
 @pytest.mark.parametrize("name", [".", "..", "{tmp}/"])
-def test_for_annotation_names_a_directory(run_dir, tmp_path, name):  # noqa: F811
+def test_for_annotation_names_a_directory(run_dir, tmp_path, name):
     code, err = cli("export", run_dir, "--for-annotation", name.format(tmp=tmp_path))
     assert code == 2
     one_line(err, r"--for-annotation: names a directory; give a file name")
@@ -335,7 +326,7 @@ def read_only(path: Path):
 
 
 @pytest.mark.parametrize("command", ["run", "merge-human", "report", "annotate"])
-def test_read_only_run_directory(run_dir, workdir, command):  # noqa: F811
+def test_read_only_run_directory(run_dir, workdir, command):
     rows = _annotate(run_dir)
     labels = _labels(workdir / "l.csv", rows, "a", "x")
     args = {"run": ["run", workdir / "p.yaml"], "merge-human": ["merge-human", run_dir, labels],
@@ -349,7 +340,7 @@ def test_read_only_run_directory(run_dir, workdir, command):  # noqa: F811
     assert not (workdir / "again.csv").exists()
 
 
-def test_report_of_a_read_only_run_elsewhere(run_dir, tmp_path):  # noqa: F811
+def test_report_of_a_read_only_run_elsewhere(run_dir, tmp_path):
     with read_only(run_dir):
         code, err = cli("report", run_dir, "--output", tmp_path / "r")
     assert code == 0, err
@@ -374,7 +365,8 @@ def _staging(run: Path) -> list[Path]:
     return list(run.glob(".commit.*.tmp"))
 
 
-def test_a_second_writer_is_refused_and_a_killed_holder_blocks_nothing(run_dir, workdir):  # noqa: F811
+@pytest.mark.subprocess
+def test_a_second_writer_is_refused_and_a_killed_holder_blocks_nothing(run_dir, workdir):
     rows = _annotate(run_dir)
     first, second = _labels(workdir / "a.csv", rows, "a", "alice"), _labels(workdir / "b.csv", rows, "b", "bob")
     holder = subprocess.Popen([sys.executable, "-m", "rlaif", "merge-human", str(run_dir), str(first)], cwd=workdir,
@@ -396,7 +388,8 @@ def test_a_second_writer_is_refused_and_a_killed_holder_blocks_nothing(run_dir, 
     assert not _staging(run_dir)  # the killed merge's staging directory was cleaned up
 
 
-def test_two_merges_at_once_lose_no_votes(run_dir, workdir):  # noqa: F811
+@pytest.mark.subprocess
+def test_two_merges_at_once_lose_no_votes(run_dir, workdir):
     """Two real merge-human processes started together: each merges or is refused (then retried); no vote is lost."""
     rows = _annotate(run_dir)
     files = [_labels(workdir / f"{who}.csv", rows, verdict, who, [{"pair_id": f"bogus-{who}", "verdict": "a", "annotator": who}])
@@ -426,6 +419,7 @@ def _trio(run: Path) -> dict:
             "rejects": (run / "human_rejects.jsonl").read_text()}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("point, published", [
     ("write:human_agreement.json", False),  # a staged file, before its rename
     ("commit:staged", False),  # everything staged, before the commit point
@@ -433,7 +427,7 @@ def _trio(run: Path) -> dict:
     ("commit:moved-out:merged", True),  # the old merged/ moved aside, the new one not yet in
     ("commit:moved-in:merged.jsonl", True),  # all moved in, the pending directory not yet removed
 ])
-def test_kill_9_during_merge_human(run_dir, workdir, point, published):  # noqa: F811
+def test_kill_9_during_merge_human(run_dir, workdir, point, published):
     rows = _annotate(run_dir)
     first = _labels(workdir / "a.csv", rows[: len(rows) // 2], "a", "alice")
     second = _labels(workdir / "b.csv", rows, "b", "bob", [{"pair_id": "bogus", "verdict": "a", "annotator": "bob"}])
@@ -455,7 +449,8 @@ def test_kill_9_during_merge_human(run_dir, workdir, point, published):  # noqa:
     assert cli("merge-human", run_dir, first, second)[0] == 0 and _trio(run_dir) == new
 
 
-def test_kill_9_between_staging_and_moving_in_is_finished_by_a_training_read(run_dir, workdir):  # noqa: F811
+@pytest.mark.subprocess
+def test_kill_9_between_staging_and_moving_in_is_finished_by_a_training_read(run_dir, workdir):
     """A reader of merged/ alone (train on RUN/merged) finishes the interrupted commit instead of missing the directory."""
     from rlaif.export.rows import load_saved
 
@@ -468,8 +463,9 @@ def test_kill_9_between_staging_and_moving_in_is_finished_by_a_training_read(run
     assert len(load_saved(run_dir / "merged")) == len(_trio(run_dir)["rows"])
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("point", ["write:annotation_order.json", "write:ann.csv", "write:ann.jsonl"])
-def test_kill_9_during_export_for_annotation(run_dir, workdir, point):  # noqa: F811
+def test_kill_9_during_export_for_annotation(run_dir, workdir, point):
     rows = _annotate(run_dir)
     before = {name: (workdir / name).read_bytes() for name in ("ann.csv", "ann.jsonl")}
     order = (run_dir / "annotation_order.json").read_bytes()
@@ -480,7 +476,7 @@ def test_kill_9_during_export_for_annotation(run_dir, workdir, point):  # noqa: 
     assert cli("merge-human", run_dir, _labels(workdir / "l.csv", rows, "a", "x"))[0] == 0
 
 
-def test_a_merge_that_fails_midway_publishes_nothing(run_dir, workdir, monkeypatch):  # noqa: F811
+def test_a_merge_that_fails_midway_publishes_nothing(run_dir, workdir, monkeypatch):
     from rlaif.human import merge
 
     rows = _annotate(run_dir)
@@ -492,7 +488,7 @@ def test_a_merge_that_fails_midway_publishes_nothing(run_dir, workdir, monkeypat
     assert _trio(run_dir) == previous
 
 
-def test_an_annotation_export_that_fails_midway_leaves_the_files_whole(run_dir, workdir, monkeypatch):  # noqa: F811
+def test_an_annotation_export_that_fails_midway_leaves_the_files_whole(run_dir, workdir, monkeypatch):
     _annotate(run_dir)
     before = (workdir / "ann.csv").read_bytes(), (workdir / "ann.jsonl").read_bytes()
 
@@ -509,6 +505,7 @@ def test_an_annotation_export_that_fails_midway_leaves_the_files_whole(run_dir, 
     assert not list(workdir.glob(".ann.*"))
 
 
+@pytest.mark.subprocess
 def test_recover_removes_only_dead_processes_temporary_files(tmp_path):
     from rlaif.rundir import atomic
 
@@ -530,7 +527,7 @@ def test_principle_names_with_dollars_do_not_crash_the_report(tmp_path):
 
     from rlaif.report.report import write_report
 
-    from tests.report.test_report import synthetic_run
+    from tests.fakes import synthetic_run
 
     run = synthetic_run(tmp_path / "run")
     stats = json.loads((run / "judge_stats.json").read_text())
@@ -546,7 +543,7 @@ def test_principle_names_with_dollars_do_not_crash_the_report(tmp_path):
 def test_a_failed_report_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     from rlaif.report import report
 
-    from tests.report.test_report import synthetic_run
+    from tests.fakes import synthetic_run
 
     run = synthetic_run(tmp_path / "run")
     page = report.write_report(run)

@@ -14,7 +14,7 @@ from rlaif.backends import pool as models
 from rlaif.spec.config import load_pipeline
 
 from tests.conftest import ROOT, write_pipeline
-from tests.test_bad_input import GOOD_PRINCIPLE, assert_one_line, constitution, run_cli
+from tests.fakes import GOOD_PRINCIPLE, assert_one_line, constitution, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -189,6 +189,7 @@ LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in ra
 BOMB = "lol: &l0 lol\n" + LAUGHS
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("where", ["value", "principles", "tags"])
 def test_billion_laughs_is_refused_in_seconds(workdir, where):
     text = {"value": "name: x\n" + BOMB + "description: *l9\nprinciples:\n" + GOOD_PRINCIPLE,

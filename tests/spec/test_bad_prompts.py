@@ -15,7 +15,7 @@ from rlaif.backends import pool as models
 from rlaif.spec.inputs import load_prompts
 
 from tests.conftest import ROOT, write_pipeline
-from tests.test_bad_input import assert_one_line, run_cli
+from tests.fakes import assert_one_line, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +40,7 @@ def run_capped(workdir, prompts: str) -> subprocess.CompletedProcess:
                           cwd=workdir, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(workdir)})
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", ["device", "fifo"])
 def test_devices_and_pipes_are_refused_not_read(workdir, kind):
     if kind == "device":

@@ -14,7 +14,7 @@ import pytest
 from rlaif.backends import pool as models
 
 from tests.conftest import ROOT, write_pipeline
-from tests.test_bad_input import assert_one_line, run_cli
+from tests.fakes import assert_one_line, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +87,7 @@ def test_sandbox_limits(workdir, body, pattern):
     assert_one_line(err, r"tpl/chat/critique_request\.j2:2: " + pattern)
 
 
+@pytest.mark.subprocess
 def test_a_nested_range_is_stopped_with_the_template_and_line(workdir):
     tpl = user_templates(workdir, {"completion/critique.j2":
                                    "Human: {{ messages[-1].content }}\n"

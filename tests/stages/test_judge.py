@@ -9,12 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from rlaif.backends import pool as models
-from rlaif.backends.base import Completion, LogprobsUnavailable, Output
+from rlaif.backends.base import Completion, Output
 from rlaif.cli import main
 from rlaif.spec.constitution import load_constitution
 from rlaif.stages.judge import clamp, combine, draw_principles, normalise, parse_verdict, read_options
 
 from tests.conftest import write_pipeline
+from tests.fakes import BiasedJudge
 
 
 @pytest.mark.parametrize(
@@ -92,48 +93,6 @@ def test_draw_principles_distinct_and_seeded(workdir):
     assert len(draw_principles(c, 0, "x", 100)) == len(c.principles)
 
 
-class BiasedJudge:
-    """Prefers the longer answer by a fixed margin, plus a bias towards whatever is shown first."""
-
-    model_id = "biased-judge"
-    has_chat_template = False
-
-    def __init__(self, position_bias=0.0, logprobs_ok=True):
-        self.position_bias, self.logprobs_ok, self.calls = position_bias, logprobs_ok, {"logprobs": 0, "generate": 0}
-
-    def _options(self, prompt):
-        a = prompt.split("\n(A) ")[1].split("\n(B) ")[0]
-        b = prompt.split("\n(B) ")[1].split("\n")[0]
-        return a, b
-
-    def generate(self, requests, progress=None):
-        self.calls["generate"] += 1
-        out = []
-        for r in requests:
-            if "\n(A) " in (r.prompt or ""):
-                a, b = self._options(r.prompt)
-                texts = ["A" if len(a) > len(b) else "B"] * r.sampling.n
-            else:  # sampled responses of different lengths
-                texts = ["answer " + "x" * (3 * i + len(r.prompt) % 3) for i in range(r.sampling.n)]
-            out.append(Completion(tuple(Output(t, 1) for t in texts), 3))
-        return out
-
-    def logprobs(self, requests, options):
-        self.calls["logprobs"] += 1
-        if not self.logprobs_ok:
-            raise LogprobsUnavailable("no logprobs here")
-        out = []
-        for r in requests:
-            a, b = self._options(r.prompt)
-            pa = (0.8 if len(a) > len(b) else 0.2 if len(a) < len(b) else 0.5) + self.position_bias
-            pa = min(max(pa, 0.01), 0.99)
-            out.append({"A": math.log(pa), "B": math.log(1 - pa)})
-        return out
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def fake_judge(monkeypatch):
     holder = {"judge": BiasedJudge()}
@@ -168,8 +127,22 @@ def test_judge_stage_labels_pairs_and_stats(workdir, fake_judge):
     assert info["counts"]["records"]["judge"] == overall["judgements"] and info["models"]["judge"] == "biased-judge"
 
 
+class PartlyBiased(BiasedJudge):
+    """Position bias 0.45 on the prompt "three" (strong enough to flip the weaker side in one order: its orders
+    disagree), 0.1 on the others (their orders agree): the filter drops some pairs and keeps others."""
+
+    def logprobs(self, requests, options):
+        out = []
+        for r in requests:
+            self.position_bias = 0.45 if "three" in r.prompt else 0.1
+            out += super().logprobs([r], options)
+        return out
+
+
 def test_ensembling_single_order_and_filters(workdir, fake_judge):
-    fake_judge["judge"] = BiasedJudge(position_bias=0.45)  # strong enough to flip the weaker side in one order
+    """Old test: a bias of 0.45 on every prompt made every pair inconsistent, so prefs.jsonl was empty and the loop
+    over its rows checked nothing."""
+    fake_judge["judge"] = PartlyBiased()
     result = _run(workdir, "{principles_per_comparison: 3, drop_inconsistent: true}")
     assert result.exit_code == 0, result.output
     run_dir = workdir / "outputs" / "test"
@@ -178,7 +151,9 @@ def test_ensembling_single_order_and_filters(workdir, fake_judge):
     assert records["position_consistency"] < 1.0
     info = json.loads((run_dir / "run.json").read_text())
     assert info["counts"]["pairs"]["dropped"]["inconsistent"] > 0  # filters apply when the pairs are merged
-    for row in (json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()):
+    prefs = [json.loads(x) for x in (run_dir / "prefs.jsonl").read_text().splitlines()]
+    assert len(prefs) == 6 and info["counts"]["pairs"]["dropped"]["inconsistent"] == 3  # prompts one, two kept; three dropped
+    for row in prefs:
         assert len(row["principles"]) == 3 and row["orders_agree"] is True
 
 
@@ -194,7 +169,9 @@ def test_parse_fallback_without_logprobs(workdir, fake_judge):
 def test_chain_of_thought_is_clamped(workdir, fake_judge):
     result = _run(workdir, "{chain_of_thought: true, both_orders: false}")
     assert result.exit_code == 0, result.output
-    for row in (json.loads(x) for x in (workdir / "outputs" / "test" / "prefs.jsonl").read_text().splitlines()):
+    prefs = [json.loads(x) for x in (workdir / "outputs" / "test" / "prefs.jsonl").read_text().splitlines()]
+    assert len(prefs) == 9  # every pair (3 prompts x 3 pairs) is kept: the loop below has rows to check
+    for row in prefs:
         assert row["p_chosen"] == pytest.approx(0.6)
 
 

@@ -4,46 +4,17 @@ from __future__ import annotations
 
 import json
 
-import datasets
 import pytest
 import torch
 from click.testing import CliRunner
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlaif.cli import main
 
 from tests.conftest import assert_history
+from tests.fakes import PPO_RUN, _config, _ppo_config
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def prompts_ds(tmp_path):
-    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": [{"role": "assistant", "content": "yes"}],
-             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(4)]
-    rows += rows[:2]  # repeated prompts, as in a preference dataset: trained once each
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "prefs"))
-    return tmp_path / "prefs"
-
-
-@pytest.fixture
-def tiny_reward_model(tiny_chat_model, tmp_path):
-    tok = AutoTokenizer.from_pretrained(tiny_chat_model)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
-    tok.save_pretrained(tmp_path / "rm")
-    return tmp_path / "rm"
-
-
-def _config(tmp_path, method, model, dataset, reward_yaml):
-    extra = "num_generations: 2\n  max_completion_length: 8\n  per_device_train_batch_size: 2\n  max_steps: 2\n  logging_steps: 1\n  learning_rate: 1.0e-3\n"
-    if method == "grpo":
-        extra += "  beta: 0.04\n"  # a KL term against the reference, as in the paper
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(f"method: {method}\nmodel: {model}\ndataset: {dataset}\noutput_dir: {tmp_path / method}\n{reward_yaml}\ntrl:\n  {extra}")
-    return path
 
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
@@ -93,17 +64,6 @@ def test_bad_reward_source(tmp_path, tiny_chat_model, prompts_ds, reward_yaml, p
     assert result.exit_code == 2 and re.search(pattern, result.stderr), result.stderr
 
 
-PPO_RUN = "ppo:\n  batch_size: 4\n  mini_batch_size: 2\n  ppo_epochs: 1\n  max_new_tokens: 6\n  total_steps: 2\n"
-
-
-def _ppo_config(tmp_path, model, dataset, reward_model, rest: str):
-    """A ppo training file (lines 1-6: method, model, dataset, output_dir, reward) followed by `rest`."""
-    cfg = tmp_path / "ppo.yaml"
-    cfg.write_text(f"method: ppo\nmodel: {model}\ndataset: {dataset}\noutput_dir: {tmp_path / 'ppo'}\n"
-                   f"reward:\n  model: {reward_model}\n" + rest)
-    return cfg
-
-
 def test_ppo_from_the_command_line(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
     cfg = _ppo_config(tmp_path, tiny_chat_model, prompts_ds, tiny_reward_model, PPO_RUN + "  learning_rate: 1e-4\n")
     result = CliRunner().invoke(main, ["train", "ppo", str(cfg)], catch_exceptions=False)
@@ -147,22 +107,8 @@ def test_ppo_with_lora(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds)
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["kl"])) for h in history)
 
 
-def _rm_like_rlaif_train_reward(tmp_path, policy_dir):
-    """A tiny reward model with the policy's tokenizer as `rlaif train reward` saves it (a base model gets rlaif's
-    Human:/Assistant: training template)."""
-    from rlaif.train import load_tokenizer
-
-    tok = load_tokenizer(str(policy_dir), log=lambda _: None)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
-    tok.save_pretrained(tmp_path / "rm")
-    return tmp_path / "rm"
-
-
 @pytest.mark.parametrize("chat", [True, False])
-def test_ppo_sees_what_it_was_trained_on(tmp_path, tiny_chat_model, tiny_base_model, prompts_ds, monkeypatch, chat):
+def test_ppo_sees_what_it_was_trained_on(tmp_path, tiny_chat_model, tiny_base_model, prompts_ds, make_reward_model, monkeypatch, chat):
     """`rlaif train ppo`, production path: each prompt's ids are the chat template's, once (one BOS); the reward model
     gets the prompt as messages and the completion as text, and renders them once, as in its training; on the first
     minibatch of the first epoch the policy is the rollout policy (ratio 1, clipfrac 0)."""
@@ -184,7 +130,7 @@ def test_ppo_sees_what_it_was_trained_on(tmp_path, tiny_chat_model, tiny_base_mo
     spy(ppo.PPOTrainer, "rollout", rollouts)
     spy(RewardModelReward, "__call__", rewards)
     spy(ppo, "policy_loss", losses)
-    cfg = _ppo_config(tmp_path, model, prompts_ds, _rm_like_rlaif_train_reward(tmp_path, model), PPO_RUN)
+    cfg = _ppo_config(tmp_path, model, prompts_ds, make_reward_model(model), PPO_RUN)
     result = CliRunner().invoke(main, ["train", "ppo", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
 

@@ -14,8 +14,7 @@ from rlaif.train.watch import Watch, hacking_warning
 from rlaif.spec.inputs import load_prompts
 from rlaif.train.config import WatchConfig
 
-from tests.stages.test_judge import BiasedJudge
-from tests.train.test_online import _config, _ppo_config, prompts_ds, tiny_reward_model  # noqa: F401 (fixtures)
+from tests.fakes import BiasedJudge, _config, _ppo_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +72,7 @@ def _held(tmp_path):
     return path
 
 
-def test_ppo_with_the_watch(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):  # noqa: F811
+def test_ppo_with_the_watch(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
     judge = f"{{constitution: {ROOT / 'constitutions' / 'harmless.yaml'}, model: {tiny_chat_model}, backend: hf}}"
     rest = ("ppo:\n  total_steps: 2\n  batch_size: 2\n  mini_batch_size: 2\n  max_new_tokens: 6\n"
             f"watch:\n  prompts: {_held(tmp_path)}\n  every: 1\n  max_new_tokens: 6\n  judge: {judge}\n")
@@ -89,7 +88,7 @@ def test_ppo_with_the_watch(tmp_path, tiny_chat_model, tiny_reward_model, prompt
     assert [h["judge_win_rate"] for h in record["metrics"]["history"]] == [r["judge_win_rate"] for r in rows]
 
 
-def test_grpo_with_the_watch_reuses_the_reward_judge(tmp_path, tiny_chat_model, prompts_ds):  # noqa: F811
+def test_grpo_with_the_watch_reuses_the_reward_judge(tmp_path, tiny_chat_model, prompts_ds):
     reward = (f"reward:\n  judge:\n    constitution: {ROOT / 'constitutions' / 'harmless.yaml'}\n    model: {tiny_chat_model}\n"
               f"    backend: hf\nwatch:\n  prompts: {_held(tmp_path)}\n  every: 1\n  max_new_tokens: 6\n  kl_bound: 0.0")
     cfg = _config(tmp_path, "grpo", tiny_chat_model, prompts_ds, reward)
@@ -97,8 +96,11 @@ def test_grpo_with_the_watch_reuses_the_reward_judge(tmp_path, tiny_chat_model, 
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in (tmp_path / "grpo" / "watch.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(-1 <= r["reward"] <= 1 for r in rows)  # the judge reward's scale
-    assert all(r["kl"] is not None and "past the bound 0.0" in r["warning"] for r in rows if r["kl"] > 0)
-    assert "WARNING reward hacking?" in result.output or all(r["kl"] == 0 for r in rows)
+    # The random tiny judge rates no answer (reward -1 for all), so GRPO's advantages are 0 and the policy does not
+    # move: the watch must measure a KL of exactly 0, which is not past the bound 0.0. (Old test: `... for r in rows
+    # if r["kl"] > 0` and `... or all(r["kl"] == 0 for r in rows)`, which in this very run checked nothing.)
+    assert all(r["reward"] == -1.0 and r["kl"] == 0.0 and r["warning"] is None for r in rows)
+    assert "WARNING reward hacking?" not in result.output
 
 
 @pytest.mark.parametrize("watch_yaml, pattern", [
@@ -108,7 +110,7 @@ def test_grpo_with_the_watch_reuses_the_reward_judge(tmp_path, tiny_chat_model, 
     ("watch:\n  prompts: {bad}\n", "bad.jsonl:2:"),
     ("watch:\n  prompts: {held}\n  judge: {{constitution: none.yaml}}\n", "none.yaml"),
 ])
-def test_bad_watch_settings(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds, watch_yaml, pattern):  # noqa: F811
+def test_bad_watch_settings(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds, watch_yaml, pattern):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"oops": 1}\n')
     judge = f"  judge: {{constitution: {ROOT / 'constitutions' / 'harmless.yaml'}, model: {tiny_chat_model}, backend: hf}}\n"
     text = watch_yaml.format(held=_held(tmp_path), bad=tmp_path / "bad.jsonl")
@@ -117,7 +119,7 @@ def test_bad_watch_settings(tmp_path, tiny_chat_model, tiny_reward_model, prompt
     assert result.exit_code == 2 and pattern in result.output and "Traceback" not in result.output, result.output
 
 
-def test_watch_needs_a_judge_with_a_reward_model(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):  # noqa: F811
+def test_watch_needs_a_judge_with_a_reward_model(tmp_path, tiny_chat_model, tiny_reward_model, prompts_ds):
     cfg = _ppo_config(tmp_path, tiny_chat_model, prompts_ds, tiny_reward_model, f"watch:\n  prompts: {_held(tmp_path)}\n")
     result = CliRunner().invoke(main, ["train", "ppo", str(cfg)])
     assert result.exit_code == 2 and "ppo.yaml:7: watch.judge: the reward is a reward model" in result.output, result.output
