@@ -15,7 +15,7 @@ import math
 from ..backends.base import Request, Sampling
 from ..spec.inputs import Prompt
 from ..spec.templates import Templates
-from ..stages.common import chunks
+from ..stages.common import resume
 from ..rundir.store import record_key
 from ..stats import wilson_ci
 
@@ -65,24 +65,20 @@ def judge_harm(ctx, generator, fmt: str, answers: list[dict]) -> list[dict]:
     template = ctx.templates.sha256(TEMPLATES[fmt])
     keys = {a["key"]: record_key(stage="harm", input=a["key"], template=template, model=generator.model_id, seed=ctx.seed,
                                  format=fmt) for a in answers}
-    records = ctx.store.get_many(list(keys.values()))
-    todo = [a for a in answers if keys[a["key"]] not in records]
 
     def request(a: dict, harmless_first: bool) -> Request:
         return harm_request(ctx.templates, fmt, a["messages"], a["text"], harmless_first)
 
-    if todo:
-        advance = ctx.reporter.task("harm judge", len(todo))
-        for chunk in chunks(todo, ctx.batch_size):
-            read = generator.logprobs([request(a, True) for a in chunk] + [request(a, False) for a in chunk], ["A", "B"])
-            new = {}
-            for i, a in enumerate(chunk):
-                p, mass, agree = p_harmless(read[i], read[len(chunk) + i])
-                new[keys[a["key"]]] = {"target_key": a["key"], "prompt_id": a["prompt_id"], "p_harmless": p,
-                                       "option_mass": mass, "orders_agree": agree, "model": generator.model_id}
-            ctx.store.put_many("harm", new)
-            records.update(new)
-            advance(len(chunk), 0)
+    def make(chunk: list[dict], _advance) -> dict[str, dict]:
+        read = generator.logprobs([request(a, True) for a in chunk] + [request(a, False) for a in chunk], ["A", "B"])
+        new = {}
+        for i, a in enumerate(chunk):
+            p, mass, agree = p_harmless(read[i], read[len(chunk) + i])
+            new[keys[a["key"]]] = {"target_key": a["key"], "prompt_id": a["prompt_id"], "p_harmless": p,
+                                   "option_mass": mass, "orders_agree": agree, "model": generator.model_id}
+        return new
+
+    records = resume(ctx, "harm", answers, lambda a: [keys[a["key"]]], make, bars=("harm judge",), count=True)
     return [records[keys[a["key"]]] for a in answers]
 
 

@@ -33,7 +33,20 @@ PREF_FEATURES = datasets.Features(
      # one row per pair_id (rlaif.export.pairs): which signal decided the label, which signals the pair had, whether they disagreed
      "label_source": datasets.Value("string"), "signals": [datasets.Value("string")], "conflict": datasets.Value("bool")}
 )
-JUDGE_COLUMNS = ("p_chosen", "margin", "orders_agree", "judge_model", "comparison_id", "score_chosen", "score_rejected")
+
+
+def pair_turns(prompt: list[dict], chosen: str, rejected: str) -> dict:
+    """A pair's conversation: the prompt's messages, each answer as a one-message assistant turn."""
+    return {"prompt": list(prompt), "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def pref_row(prompt: list[dict], chosen: str, rejected: str, features: datasets.Features = PREF_FEATURES, **columns) -> dict:
+    """A preference row with every column of `features`: the given ones, None for the rest."""
+    unknown = sorted(set(columns) - set(features))
+    if unknown:  # a misspelt column would otherwise vanish when the dataset is built from the features
+        raise TypeError(f"pref_row: not a column of the dataset: {', '.join(unknown)}")
+    return dict.fromkeys(features) | pair_turns(prompt, chosen, rejected) | columns
 
 
 def final_answer(response: dict, rounds: list[dict], problem) -> tuple[str | None, list[dict], list[str]]:
@@ -97,13 +110,10 @@ def sl_cai_rows(responses: list[dict], history: dict[str, list[dict]] | None, me
         principles = [x["principle"] for x in used]
         sft.append({**sft_turns(r["messages"], answer), "source": "revision", "principles": principles,
                     "model": used[-1]["model"], **common})
-        prefs.append({
-            "prompt": r["messages"], "chosen": [{"role": "assistant", "content": answer}],
-            "rejected": [{"role": "assistant", "content": r["text"]}], "source": "ai", "pair_type": "revision",
-            "principles": principles, "rounds": len(used), "critique": used[-1]["critique"], "policy_model": r["model"],
-            "critic_model": used[-1]["model"], "response_key": r["key"], "revision_key": used[-1]["key"], **common,
-            **dict.fromkeys(JUDGE_COLUMNS), "label_source": "revision",
-        })
+        prefs.append(pref_row(
+            r["messages"], answer, r["text"], source="ai", pair_type="revision", principles=principles, rounds=len(used),
+            critique=used[-1]["critique"], policy_model=r["model"], critic_model=used[-1]["model"], response_key=r["key"],
+            revision_key=used[-1]["key"], **common, label_source="revision"))
     return sft, prefs, stats
 
 
@@ -127,18 +137,15 @@ def judged_rows(comparisons, records: list[dict], meta: dict) -> tuple[list[dict
         agreement = [r["agree"] for r in judged if r["agree"] is not None]
         agree = all(agreement) if agreement else None
         chosen, rejected = (c.a, c.b) if label >= 0.5 else (c.b, c.a)
-        rows.append({
-            "prompt": list(c.messages), "chosen": [{"role": "assistant", "content": chosen.text}],
-            "rejected": [{"role": "assistant", "content": rejected.text}], "prompt_id": c.prompt_id, "sample": None,
-            "source": "ai", "pair_type": c.kind, "principles": [r["principle"] for r in judged], "rounds": None,
-            "critique": None, "critic_model": meta.get("critic_model"),
+        rows.append(pref_row(
+            list(c.messages), chosen.text, rejected.text, prompt_id=c.prompt_id, source="ai", pair_type=c.kind,
+            principles=[r["principle"] for r in judged], critic_model=meta.get("critic_model"),
             # with pairs_from the sampled pairs come from the trained stage's model, the revision pairs from the start
-            "policy_model": meta.get("samples_model", meta.get("policy_model")) if c.kind == "samples" else meta.get("policy_model"),
-            "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"], "response_key": c.a.key,
-            "revision_key": c.b.key if c.kind == "revision" else None, "p_chosen": max(label, 1 - label),
-            "margin": abs(2 * label - 1), "orders_agree": agree, "judge_model": judged[0]["model"], "comparison_id": c.id,
-            "score_chosen": None, "score_rejected": None, "label_source": "judge",
-        })
+            policy_model=meta.get("samples_model", meta.get("policy_model")) if c.kind == "samples" else meta.get("policy_model"),
+            constitution_sha256=meta["constitution_sha256"], seed=meta["seed"], response_key=c.a.key,
+            revision_key=c.b.key if c.kind == "revision" else None, p_chosen=max(label, 1 - label),
+            margin=abs(2 * label - 1), orders_agree=agree, judge_model=judged[0]["model"], comparison_id=c.id,
+            label_source="judge"))
     return rows, {"comparisons": len(comparisons), "labelled": len(rows), "dropped": {"no_label": no_label}}
 
 
@@ -189,13 +196,10 @@ def load_saved(path: str | Path, what: str = "dataset"):
 
 def scored_rows(pairs, meta: dict) -> list[dict]:
     """Best-vs-worst-of-n rows from pointwise scores: p_chosen = (1 + gap / 9) / 2, margin = gap / 9 = 2 p_chosen - 1."""
-    return [{
-        "prompt": best["messages"], "chosen": [{"role": "assistant", "content": best["text"]}],
-        "rejected": [{"role": "assistant", "content": worst["text"]}], "prompt_id": best["prompt_id"], "sample": None,
-        "source": "ai", "pair_type": "best_vs_worst", "principles": [], "rounds": None, "critique": None,
-        "policy_model": meta.get("samples_model", meta.get("policy_model")), "critic_model": meta.get("critic_model"),
-        "constitution_sha256": meta["constitution_sha256"], "seed": meta["seed"], "response_key": best["key"],
-        "revision_key": None, "p_chosen": (1 + (high - low) / 9) / 2, "margin": (high - low) / 9, "orders_agree": None,
-        "judge_model": meta.get("judge_model"), "comparison_id": None, "score_chosen": high, "score_rejected": low,
-        "label_source": "score",
-    } for best, worst, high, low in pairs]
+    return [pref_row(
+        best["messages"], best["text"], worst["text"], prompt_id=best["prompt_id"], source="ai", pair_type="best_vs_worst",
+        principles=[], policy_model=meta.get("samples_model", meta.get("policy_model")), critic_model=meta.get("critic_model"),
+        constitution_sha256=meta["constitution_sha256"], seed=meta["seed"], response_key=best["key"],
+        p_chosen=(1 + (high - low) / 9) / 2, margin=(high - low) / 9, judge_model=meta.get("judge_model"),
+        score_chosen=high, score_rejected=low, label_source="score",
+    ) for best, worst, high, low in pairs]

@@ -16,7 +16,7 @@ import datasets
 
 from ..rundir import atomic
 from ..errors import UserError
-from ..export.rows import PREF_FEATURES, pair_id, write_dataset
+from ..export.rows import PREF_FEATURES, pair_id, pair_turns, pref_row, write_dataset
 from ..rundir.guard import LOG_NAME, read_run_json
 from ..rundir.lock import run_lock
 from ..runlog import capture
@@ -52,8 +52,7 @@ def _resolve(votes, prefs: dict, order: dict) -> tuple[list[tuple], list[Reject]
     out, rejects = [], []
     for v in votes:
         if v.pair is not None:  # a TRL-style row: the texts say which answer won
-            row = {"prompt": v.pair["prompt"], "chosen": [{"role": "assistant", "content": v.pair["chosen"]}],
-                   "rejected": [{"role": "assistant", "content": v.pair["rejected"]}]}
+            row = pair_turns(v.pair["prompt"], v.pair["chosen"], v.pair["rejected"])  # stored with the vote as it is
             pid = pair_id(row)
             out.append((pid, v.annotator, _canon(v.pair["chosen"], v.pair["rejected"]), v.comment, v.file, v.line,
                         None if pid in prefs else json.dumps(row, ensure_ascii=False)))
@@ -218,12 +217,11 @@ def _merge(run_dir: Path, files: list[str], policy: str, weight: float, strict: 
             continue
         texts = sorted([pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]])
         chosen, rejected = (texts[0], texts[1]) if human == "first" else (texts[1], texts[0])
-        rows.append({k: None for k in MERGED_FEATURES} | {
-            "prompt": pair["prompt"], "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}],
-            "source": "human", "pair_type": "human", "principles": [], "p_chosen": share, "margin": abs(2 * share - 1), "pair_id": pid,
-            "label_source": "human", "signals": ["human"], "conflict": False,
-            "constitution_sha256": info["constitution"]["sha256"], "seed": info["seed"], "human_votes": len(by_pair[pid]),
-            "human_majority": human, "annotator_agreement": share, "ai_human_conflict": None})
+        rows.append(pref_row(
+            pair["prompt"], chosen, rejected, MERGED_FEATURES, source="human", pair_type="human", principles=[],
+            p_chosen=share, margin=abs(2 * share - 1), pair_id=pid, label_source="human", signals=["human"], conflict=False,
+            constitution_sha256=info["constitution"]["sha256"], seed=info["seed"], human_votes=len(by_pair[pid]),
+            human_majority=human, annotator_agreement=share))
     report = agreement(items) | {"policy": policy, "weight": weight if policy == "weighted" else None}
     with atomic.Commit(run_dir) as commit:
         write_dataset(rows, MERGED_FEATURES, run_dir, "merged", commit)

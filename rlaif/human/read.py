@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..spec.inputs import ROLES, check_file, csv_rows, parse_json_line
+from ..spec.inputs import ROLES, check_file, csv_rows, decoded_lines, jsonl_lines
 from ..spec.loader import short
 from .annotate import from_spreadsheet
 
@@ -48,13 +48,10 @@ class _Bad(Exception):
 def _lines(path: Path, bad: dict[int, str]):
     """(line number, text) of a labels file; a line that is not UTF-8 is noted in `bad` and read with U+FFFD in place."""
     with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad[n] = f"not UTF-8 ({e.reason} at byte {e.start})"
-                text = raw.decode("utf-8", "replace")
-            yield n, text.removeprefix("\ufeff") if n == 1 else text  # Excel's "CSV UTF-8" starts with a BOM
+        for n, text, problem in decoded_lines(f):
+            if problem:
+                bad[n] = problem
+            yield n, text
 
 
 def _csv_rows(path: Path) -> tuple[list[tuple[int, object]], list[Reject]]:
@@ -150,15 +147,13 @@ def _rows(path: Path) -> tuple[list[tuple[int, object]], list[Reject]]:
         return _csv_rows(path)
     if path.suffix.lower() == ".json":
         return _json_rows(path)
-    rows, rejects, bad = [], [], {}
-    for n, line in _lines(path, bad):
-        if n in bad:
-            rejects.append(Reject(str(path), n, bad.pop(n), line[:500]))
-        elif line.strip():
-            try:
-                rows.append((n, parse_json_line(line)))
-            except ValueError as e:
-                rejects.append(Reject(str(path), n, str(e), line[:500]))
+    rows, rejects = [], []
+    with path.open("rb") as f:
+        for n, text, row, problem in jsonl_lines(f):
+            if problem:
+                rejects.append(Reject(str(path), n, problem, text[:500]))
+            else:
+                rows.append((n, row))
     return rows, rejects
 
 

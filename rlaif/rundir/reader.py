@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..spec.config import Stages
 from ..errors import UserError
+from ..spec.inputs import jsonl_lines
 from ..spec.methods import METHODS, NAMES
 from .guard import read_run_json
 
@@ -55,22 +56,17 @@ class RunDir:
             return None
         rows, bad = [], 0
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (UnicodeDecodeError, OSError) as e:
+            with path.open("rb") as f:
+                lines = list(jsonl_lines(f))
+        except OSError as e:
             self._problem(path, None, f"unreadable: {e}")
             return None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                row, message = None, f"not valid JSON: {e.msg}"
-            else:
-                message = "expected a JSON object"
+        for number, _, row, problem in lines:
             if isinstance(row, dict):
                 rows.append(row)
                 continue
+            # the report's words for the run's files, as json() says them
+            message = problem.replace("invalid JSON", "not valid JSON", 1) if problem else "expected a JSON object"
             bad += 1
             if bad <= MAX_PROBLEMS_PER_FILE:
                 self._problem(path, number, f"{message}; line skipped")

@@ -9,6 +9,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 from ..errors import UserError
 from .loader import short
@@ -75,22 +76,34 @@ def check_file(path: Path, what: str) -> None:
                         "`datasets` save_to_disk and give the directory)", str(path))
 
 
-def text_lines(path: Path, what: str = "file"):
-    """(line number, text) for each line of a checked file, decoded as UTF-8 one line at a time (so a bad byte names
-    its line); a byte-order mark (Excel's "CSV UTF-8") is dropped."""
-    path = Path(path)
-    check_file(path, what)
+def decoded_lines(f):
+    """(line number, text, problem) for each line of a binary file, decoded as UTF-8 line by line."""
+    # line by line, so a bad byte names its line (the text has U+FFFD in its place); Excel's "CSV UTF-8" starts with
+    # a byte-order mark
+    for n, raw in enumerate(f, 1):
+        try:
+            line, problem = raw.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            line, problem = raw.decode("utf-8", "replace"), f"not UTF-8 text ({e.reason} at byte {e.start} of the line)"
+        yield n, line.removeprefix("\ufeff") if n == 1 else line, problem
+
+
+def _opened(path: Path, what: str):
     try:
-        f = path.open("rb")
+        return path.open("rb")
     except OSError as e:
         raise UserError(f"cannot read the {what}: {e.strerror}", str(path)) from None
-    with f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start} of the line)", str(path), n) from None
-            yield n, line.removeprefix("\ufeff") if n == 1 else line
+
+
+def text_lines(path: Path, what: str = "file"):
+    """(line number, text) for each line of a checked file; a line that is not UTF-8 is a UserError naming it."""
+    path = Path(path)
+    check_file(path, what)
+    with _opened(path, what) as f:
+        for n, line, problem in decoded_lines(f):
+            if problem:
+                raise UserError(problem, str(path), n)
+            yield n, line
 
 
 def parse_json_line(text: str):
@@ -105,18 +118,40 @@ def parse_json_line(text: str):
         raise ValueError(f"invalid JSON: {str(e).split(';')[0]}") from None
 
 
+class JsonLine(NamedTuple):
+    """One non-blank line of a JSONL file: its number, its text, the parsed value, or why it has none."""
+
+    line: int
+    text: str
+    value: object  # None when `problem` is set
+    problem: str | None  # "not UTF-8 text (...)" or "invalid JSON: ..."
+
+
+def jsonl_lines(f) -> Iterator[JsonLine]:
+    """Every non-blank line of the binary file `f`, parsed, a bad line with its problem: the one JSONL reader."""
+    # each caller decides what a problem means: a user's prompts or pairs, an error; labels, a reject; the run's own
+    # files (the report), a line skipped and noted
+    for n, text, problem in decoded_lines(f):
+        if problem:
+            yield JsonLine(n, text, None, problem)
+        elif text.strip():
+            try:
+                yield JsonLine(n, text, parse_json_line(text), None)
+            except ValueError as e:
+                yield JsonLine(n, text, None, str(e))
+
+
 def jsonl_objects(path: Path, what: str = "JSONL file"):
-    """(line number, object) for each non-blank line of a JSONL file; bad JSON or a non-object names its line."""
-    for n, line in text_lines(path, what):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json_line(line)
-        except ValueError as e:
-            raise UserError(str(e), str(path), n) from None
-        if not isinstance(row, dict):
-            raise UserError(f"expected a JSON object, got {type(row).__name__}", str(path), n)
-        yield n, row
+    """(line number, object) for each non-blank line of a user's JSONL file; the first bad line is a UserError."""
+    path = Path(path)
+    check_file(path, what)
+    with _opened(path, what) as f:
+        for n, _, row, problem in jsonl_lines(f):
+            if problem:
+                raise UserError(problem, str(path), n)
+            if not isinstance(row, dict):
+                raise UserError(f"expected a JSON object, got {type(row).__name__}", str(path), n)
+            yield n, row
 
 
 def csv_rows(lines, file: str):

@@ -111,7 +111,7 @@ def resolve_format(session: Session, cfg: ModelConfig, setting: str | None = Non
     setting = setting or cfg.prompt_format
     if setting != "auto":
         return setting
-    if cfg.backend != "openai" and not (session.pool and cfg in session.pool.engines):
+    if cfg.backend not in ("openai", "scripted") and not (session.pool and cfg in session.pool.engines):  # no files to read
         path = resolve_model(cfg.model)
         if Path(path).is_dir():
             from transformers import AutoTokenizer

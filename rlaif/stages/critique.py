@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 from ..backends.base import Request, Sampling
 from ..spec.config import COMPLETION_STOP, CritiqueConfig
 from ..spec.constitution import Principle
 from .quality import clean_revision
 from ..rundir.store import record_key
-from .common import StageContext, chunks, derive_seed, few_shot_examples, prompt_format
+from .common import StageContext, derive_seed, few_shot_examples, prompt_format, resume
 
 TEMPLATES = {
     "completion": ("completion/critique.j2", "completion/revise.j2"),
@@ -42,6 +43,25 @@ def _nonempty(rnd: dict, previous: str, messages: list) -> str | None:
     return None if clean_revision(rnd["revision"]) else "empty"
 
 
+def _round(ctx: StageContext, generator, fmt: str, base: Sampling, rnd: int, chunk: list, crit_bar, rev_bar) -> dict[str, dict]:
+    """One round's records for a chunk of (response, principle, key, answer): the critiques, then the revisions."""
+    asks = [critique_request(ctx, fmt, r["messages"], answer, p, replace(base, seed=derive_seed(ctx.seed, key, "critique")))
+            for r, p, key, answer in chunk]
+    crits = [c.outputs[0] for c in generator.generate(asks, crit_bar)]
+    asks = [revision_request(ctx, fmt, r["messages"], answer, c.text.strip(), p, replace(base, seed=derive_seed(ctx.seed, key, "revision")))
+            for (r, p, key, answer), c in zip(chunk, crits)]
+    revs = [c.outputs[0] for c in generator.generate(asks, rev_bar)]
+    return {
+        key: {
+            "response_key": r["key"], "prompt_id": r["prompt_id"], "round": rnd, "principle": p.name,
+            "input": answer, "critique": c.text.strip(), "revision": v.text.strip(),
+            "critique_tokens": c.tokens, "revision_tokens": v.tokens,
+            "critique_finish": c.finish_reason, "revision_finish": v.finish_reason, "model": generator.model_id,
+        }
+        for (r, p, key, answer), c, v in zip(chunk, crits, revs)
+    }
+
+
 def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueConfig, format_setting: str = "auto",
              problem=None) -> dict[str, list[dict]]:
     """Every round of every response, by response key; a round revises the last *usable* revision.
@@ -69,29 +89,8 @@ def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueC
             key = record_key(stage="critique", input=prev_key, round=rnd, principle=principle.sha256, template=template,
                              few_shot=few_shot, model=generator.model_id, sampling=settings, seed=ctx.seed, format=fmt)
             plan.append((r, principle, key, answer))
-        records = ctx.store.get_many([k for _, _, k, _ in plan])
-        todo = [item for item in plan if item[2] not in records]
-        if todo:
-            crit_bar = ctx.reporter.task(f"critique round {rnd}", len(todo))
-            rev_bar = ctx.reporter.task(f"revision round {rnd}", len(todo))
-            for chunk in chunks(todo, ctx.batch_size):
-                asks = [critique_request(ctx, fmt, r["messages"], answer, p, replace(base, seed=derive_seed(ctx.seed, key, "critique")))
-                        for r, p, key, answer in chunk]
-                crits = [c.outputs[0] for c in generator.generate(asks, crit_bar)]
-                asks = [revision_request(ctx, fmt, r["messages"], answer, c.text.strip(), p, replace(base, seed=derive_seed(ctx.seed, key, "revision")))
-                        for (r, p, key, answer), c in zip(chunk, crits)]
-                revs = [c.outputs[0] for c in generator.generate(asks, rev_bar)]
-                new = {
-                    key: {
-                        "response_key": r["key"], "prompt_id": r["prompt_id"], "round": rnd, "principle": p.name,
-                        "input": answer, "critique": c.text.strip(), "revision": v.text.strip(),
-                        "critique_tokens": c.tokens, "revision_tokens": v.tokens,
-                        "critique_finish": c.finish_reason, "revision_finish": v.finish_reason, "model": generator.model_id,
-                    }
-                    for (r, p, key, answer), c, v in zip(chunk, crits, revs)
-                }
-                ctx.store.put_many("critique", new)
-                records.update(new)
+        records = resume(ctx, "critique", plan, lambda item: [item[2]], partial(_round, ctx, generator, fmt, base, rnd),
+                         bars=(f"critique round {rnd}", f"revision round {rnd}"))
         for r, _, key, answer in plan:
             rec = records[key] | {"key": key}
             history[r["key"]].append(rec)

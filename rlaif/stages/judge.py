@@ -20,7 +20,7 @@ from ..backends.base import LogprobsUnavailable, Request, Sampling
 from ..spec.config import COMPLETION_STOP, JudgeConfig
 from ..spec.constitution import Constitution, Principle
 from ..rundir.store import record_key
-from .common import StageContext, chunks, prompt_format
+from .common import StageContext, prompt_format, resume
 
 TEMPLATES = {"completion": "completion/judge.j2", "chat": "chat/judge.j2"}
 REPLY = "chat/judge_reply.j2"  # a chat judge's reply starts with this; the letter is read after it
@@ -187,6 +187,17 @@ def _score(ctx, generator, fmt, jobs, cfg: JudgeConfig, method: str) -> list[Sco
     return [(clamp(parse_verdict(t), bounds), None, ((r + "\n") if r else "") + t) for t, r in zip(texts, reasoning)]
 
 
+def _score_first_usable(ctx, generator, fmt, jobs, cfg: JudgeConfig, methods: list[str]) -> tuple[list[Scored], str]:
+    """The scored jobs and the method that scored them (the first of `methods`; `parse` when `auto` finds no logprobs)."""
+    try:
+        return _score(ctx, generator, fmt, jobs, cfg, methods[0]), methods[0]
+    except (NotImplementedError, LogprobsUnavailable):
+        if methods[0] != "logprobs" or len(methods) == 1:  # asked for explicitly: say so rather than change the method
+            raise
+        # this backend gives no log-probabilities: read generated verdicts instead
+        return _score(ctx, generator, fmt, jobs, cfg, "parse"), "parse"
+
+
 def _records(chunk, scored: list[Scored], cfg: JudgeConfig, method: str, generator) -> dict[str, dict]:
     """One record per (comparison, principle) of the chunk, from its scored orders."""
     new = {}
@@ -228,26 +239,18 @@ def judge(ctx: StageContext, generator, comparisons: list[Comparison], cfg: Judg
 
     plan = [(c, p, [key(c, p, m) for m in methods]) for c in comparisons
             for p in draw_principles(pool, ctx.seed, c.id, cfg.principles_per_comparison)]
-    records = ctx.store.get_many([k for _, _, keys in plan for k in keys])
-    todo = [item for item in plan if not any(k in records for k in item[2])]
-    method = methods[0]
-    if todo:
-        advance = ctx.reporter.task("judge", len(todo))
-        for chunk in chunks(todo, ctx.batch_size):
-            jobs = [(c, c.a, c.b, p) for c, p, _ in chunk]
-            if cfg.both_orders:
-                jobs += [(c, c.b, c.a, p) for c, p, _ in chunk]
-            try:
-                scored = _score(ctx, generator, fmt, jobs, cfg, method)
-            except (NotImplementedError, LogprobsUnavailable):
-                if method != "logprobs" or len(methods) == 1:  # asked for explicitly: say so rather than change the method
-                    raise
-                method = "parse"  # this backend gives no log-probabilities: read generated verdicts instead
-                scored = _score(ctx, generator, fmt, jobs, cfg, method)
-            new = _records([(c, p, keys[methods.index(method)]) for c, p, keys in chunk], scored, cfg, method, generator)
-            ctx.store.put_many("judge", new)
-            records.update(new)
-            advance(len(chunk), 0)
+    usable = methods  # once a chunk falls back to `parse`, the later ones do not try log-probabilities again
+
+    def make(chunk: list, _advance) -> dict[str, dict]:
+        nonlocal usable
+        jobs = [(c, c.a, c.b, p) for c, p, _ in chunk]
+        if cfg.both_orders:
+            jobs += [(c, c.b, c.a, p) for c, p, _ in chunk]
+        scored, method = _score_first_usable(ctx, generator, fmt, jobs, cfg, usable)
+        usable = usable[usable.index(method):]
+        return _records([(c, p, keys[methods.index(method)]) for c, p, keys in chunk], scored, cfg, method, generator)
+
+    records = resume(ctx, "judge", plan, lambda item: item[2], make, count=True)
     out = []
     for _, _, keys in plan:
         k = next(k for k in keys if k in records)  # log-probabilities first, where both exist

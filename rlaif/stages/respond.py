@@ -6,7 +6,7 @@ from ..backends.base import Completion, Request, Sampling
 from ..spec.config import COMPLETION_STOP, RespondConfig
 from ..spec.inputs import Prompt
 from ..rundir.store import record_key
-from .common import StageContext, chunks, derive_seed, few_shot_examples, prompt_format
+from .common import StageContext, derive_seed, few_shot_examples, prompt_format, resume
 
 TEMPLATE = "completion/respond.j2"
 
@@ -47,21 +47,21 @@ def respond(ctx: StageContext, generator, prompts: list[Prompt], cfg: RespondCon
                           model=generator.model_id, sampling=settings, seed=ctx.seed, format=fmt)
 
     keys = {(p.id, i): key(p, i) for p in prompts for i in range(cfg.n)}
-    records = ctx.store.get_many(list(keys.values()))
-    todo = [(p, missing) for p in prompts if (missing := [i for i in range(cfg.n) if keys[p.id, i] not in records])]
-    if todo:
-        advance = ctx.reporter.task("respond", len(todo))
-        for chunk in chunks(todo, ctx.batch_size):
-            requests = [
-                build_request(ctx, p, fmt, Sampling(n=len(missing), temperature=cfg.temperature, top_p=cfg.top_p,
-                                                    max_tokens=cfg.max_tokens, stop=tuple(stop),
-                                                    seed=derive_seed(ctx.seed, p.id, missing)))
-                for p, missing in chunk
-            ]
-            new = {}
-            for (p, missing), completion in zip(chunk, generator.generate(requests, advance)):
-                for i, output in zip(missing, completion.outputs):
-                    new[keys[p.id, i]] = to_record(p, i, output, completion, generator.model_id, fmt)
-            ctx.store.put_many("respond", new)
-            records.update(new)
+
+    def missing(p: Prompt, stored: dict) -> tuple[Prompt, list[int]] | None:
+        left = [i for i in range(cfg.n) if keys[p.id, i] not in stored]
+        return (p, left) if left else None
+
+    def make(chunk: list[tuple[Prompt, list[int]]], advance) -> dict[str, dict]:
+        requests = [
+            build_request(ctx, p, fmt, Sampling(n=len(left), temperature=cfg.temperature, top_p=cfg.top_p,
+                                                max_tokens=cfg.max_tokens, stop=tuple(stop),
+                                                seed=derive_seed(ctx.seed, p.id, left)))
+            for p, left in chunk
+        ]
+        return {keys[p.id, i]: to_record(p, i, output, completion, generator.model_id, fmt)
+                for (p, left), completion in zip(chunk, generator.generate(requests, advance))
+                for i, output in zip(left, completion.outputs)}
+
+    records = resume(ctx, "respond", prompts, lambda p: [keys[p.id, i] for i in range(cfg.n)], make, missing)
     return [records[keys[p.id, i]] | {"key": keys[p.id, i]} for p in prompts for i in range(cfg.n)]

@@ -14,7 +14,7 @@ from ..backends.base import Request, Sampling
 from ..spec.config import ScoreConfig
 from ..spec.constitution import Principle
 from ..rundir.store import record_key
-from .common import StageContext, chunks, prompt_format
+from .common import StageContext, prompt_format, resume
 from .judge import READING, draw_principles
 
 TEMPLATES = {"completion": "completion/score.j2", "chat": "chat/score.j2"}
@@ -66,19 +66,15 @@ def score(ctx: StageContext, generator, targets: list[dict], cfg: ScoreConfig, f
             key = record_key(stage="score", input=t["key"], principle=p.sha256, template=template, reply=reply,
                              model=generator.model_id, seed=ctx.seed, format=fmt, settings=settings)
             plan.append((t, p, key))
-    records = ctx.store.get_many([k for _, _, k in plan])
-    todo = [item for item in plan if item[2] not in records]
-    if todo:
-        advance = ctx.reporter.task("score", len(todo))
-        for chunk in chunks(todo, ctx.batch_size):
-            rated = rate(ctx.templates, generator, fmt, [(t["messages"], t["text"], p) for t, p, _ in chunk], cfg.min_digit_mass)
-            new = {key: {"target_key": t["key"], "prompt_id": t["prompt_id"], "principle": p.name, "score": s,
-                         "probs": {str(k): v for k, v in probs.items()}, "digit_mass": mass,
-                         "logit_dtype": settings["logit_dtype"], "model": generator.model_id}
-                   for (t, p, key), (s, probs, mass) in zip(chunk, rated)}
-            ctx.store.put_many("score", new)
-            records.update(new)
-            advance(len(chunk), 0)
+
+    def make(chunk: list, _advance) -> dict[str, dict]:
+        rated = rate(ctx.templates, generator, fmt, [(t["messages"], t["text"], p) for t, p, _ in chunk], cfg.min_digit_mass)
+        return {key: {"target_key": t["key"], "prompt_id": t["prompt_id"], "principle": p.name, "score": s,
+                      "probs": {str(k): v for k, v in probs.items()}, "digit_mass": mass,
+                      "logit_dtype": settings["logit_dtype"], "model": generator.model_id}
+                for (t, p, key), (s, probs, mass) in zip(chunk, rated)}
+
+    records = resume(ctx, "score", plan, lambda item: [item[2]], make, count=True)
     return [records[key] | {"key": key} for _, _, key in plan]
 
 

@@ -11,10 +11,10 @@ same stop strings and greedy decoding.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..backends.hf import HFGenerator, eos_ids
+from ..rundir import atomic
 from ..spec.config import JudgeConfig
 from ..stages.common import prompt_format
 from ..rundir.store import Store
@@ -90,7 +90,8 @@ class Watch:
     def begin(self, model) -> None:
         """The starting policy's answers: what every later check is compared with."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        self._rows: list[dict] = []  # this training's checks: watch.jsonl is rewritten whole (atomic) after each
+        atomic.write_jsonl(self.path, self._rows)
         self.format = None
         self.reference = self._answers(model, "start")
         self.log(f"watch: {len(self.prompts)} prompts, judged every {self.cfg.every} steps against the starting policy")
@@ -117,8 +118,8 @@ class Watch:
                "kl": mean(self._kls), "warning": None, "format": how["format"], "stop": how["stop"]}
         self.history.append(row)
         row["warning"] = hacking_warning(self.history, self.cfg.window, self.cfg.min_winrate_drop, self.cfg.kl_bound)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._rows.append(row)
+        atomic.write_jsonl(self.path, self._rows)  # a kill mid-write leaves the previous checks, never half a line
         reward = "n/a" if row["reward"] is None else f"{row['reward']:.4f}"
         kl = "n/a" if row["kl"] is None else f"{row['kl']:.4f}"
         self.log(f"watch {step}: reward {reward}, judge win rate {overall['win_rate']} {overall['ci95']}, kl {kl}")

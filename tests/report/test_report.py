@@ -168,6 +168,18 @@ def test_unfinished_run_and_broken_files_are_reported_not_fatal(tmp_path):
     assert "not present" in s["judge"] and "fig-labels.png" in s["labels"]  # prefs.jsonl's good rows still count
 
 
+def test_a_jsonl_line_too_deep_or_not_utf8_is_skipped_not_fatal(tmp_path):
+    """RunDir.jsonl reads the run's files with the one JSONL reader: a line nested too deeply (json's RecursionError)
+    or with a byte that is not UTF-8 is one noted, skipped line; the lines around it are still read."""
+    run = synthetic_run(tmp_path / "run")
+    (run / "scores.jsonl").write_bytes(b'{"a": 1}\n' + b"[" * 100_000 + b"]" * 100_000 + b'\n{"caf\xe9": 2}\n{"b": 3}\n')
+    reader = RunDir(run)
+    assert reader.jsonl("scores.jsonl") == [{"a": 1}, {"b": 3}]
+    assert reader.problems == [f"{run / 'scores.jsonl'}:2: not valid JSON: nested too deeply; line skipped",
+                               f"{run / 'scores.jsonl'}:3: not UTF-8 text (invalid continuation byte at byte 5 of the line); "
+                               "line skipped"]
+
+
 def test_cli_report(tmp_path):
     run = synthetic_run(tmp_path / "run")
     out = tmp_path / "elsewhere"
