@@ -1,1 +1,1 @@
-"""Evaluation: win rates against the start, harmlessness, reward-model accuracy, KL, the reward-hacking watch, the HTML report."""
+"""Evaluation: win rates against the start, harmlessness, reward-model accuracy, KL (`rlaif eval`, the `eval` stage)."""

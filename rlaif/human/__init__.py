@@ -1,1 +1,1 @@
-"""Human labels: read annotation files, merge them with AI labels, measure agreement."""
+"""Human labels: the annotation export, reading label files, merging them with AI labels, agreement."""

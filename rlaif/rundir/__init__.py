@@ -1,0 +1,1 @@
+"""The run directory: record store, atomic writes, lock, overwrite rules, provenance, the tolerant reader."""

@@ -1,0 +1,1 @@
+"""What the user writes, loaded strictly with the line of every key: pipelines, constitutions, templates, prompts, methods."""
