@@ -27,12 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 from rlaif.backends.base import Request, Sampling  # noqa: E402
 from rlaif.backends.pool import load_engine  # noqa: E402
+from rlaif.hardware import engine_dtype  # noqa: E402
 from rlaif.spec.config import COMPLETION_STOP, ModelConfig, RespondConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from generation import load_prompts  # noqa: E402
 
-SETTINGS = {"plain (top_p 1.0)": {"top_p": 1.0}, "top_p 0.95": {"top_p": 0.95}, "top_p 0.9": {"top_p": 0.9}}
+SETTINGS = {"plain (top_p 1.0)": {"top_p": 1.0}, "top_p 0.95": {"top_p": 0.95}, "top_p 0.9": {"top_p": 0.9},
+            "min_p 0.05": {"top_p": 1.0, "min_p": 0.05}}
 
 
 def _vllm_version() -> str:
@@ -47,11 +49,11 @@ def _vllm_version() -> str:
     return "unknown"
 
 
-def timed(engine, prompts: list[str], temperature: float, max_tokens: int, top_p: float) -> tuple[float, int]:
+def timed(engine, prompts: list[str], temperature: float, max_tokens: int, top_p: float, min_p: float = 0.0) -> tuple[float, int]:
     """Seconds and generated tokens for one batch, one request per prompt with its own seed (as the stages send)."""
     # the embedded model is a base model: the respond stage's completion format, with its stop strings
     requests = [Request(prompt=f"Human: {p}\n\nAssistant:",
-                        sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=i,
+                        sampling=Sampling(temperature=temperature, top_p=top_p, min_p=min_p, max_tokens=max_tokens, seed=i,
                                           stop=COMPLETION_STOP))
                 for i, p in enumerate(prompts)]
     t0 = time.perf_counter()
@@ -84,14 +86,16 @@ def main() -> None:
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
               "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "vllm": _vllm_version(), "prompts": args.prompts,
               "max_tokens": args.max_tokens, "temperature": temperature, "rounds": args.rounds,
-              "default_top_p": RespondConfig().top_p, "rows": rows}
+              "default_top_p": RespondConfig().top_p, "default_min_p": RespondConfig().min_p,
+              "engine_dtype": engine_dtype(ModelConfig().dtype), "rows": rows}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "sampling.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Sampling settings on the default engine ({result['date']})", "",
              f"`python bench/sampling.py --prompts {args.prompts} --max-tokens {args.max_tokens} --rounds {args.rounds}`: "
              f"{result['vllm']}, {result['cpus']} CPUs, load average {', '.join(f'{x:.1f}' for x in result['load_avg'])}; "
-             f"temperature {temperature} (RespondConfig's default), one seeded request per prompt, settings alternated.", "",
+             f"engine dtype {result['engine_dtype']} (`dtype: auto`); temperature {temperature} (RespondConfig's default), "
+             "one seeded request per prompt, settings alternated.", "",
              "| setting | median tok/s | runs | vs plain |", "|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['median_tok_s']} | {', '.join(map(str, r['runs_tok_s']))} | {r['vs_plain']} |" for r in rows]
     (out / "sampling.md").write_text("\n".join(lines) + "\n")

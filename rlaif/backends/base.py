@@ -13,6 +13,7 @@ class Sampling:
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability; 0: off
     max_tokens: int = 128
     stop: tuple[str, ...] = ()
     seed: int | None = None

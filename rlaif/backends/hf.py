@@ -81,6 +81,7 @@ class HFGenerator:
             do_sample=sample,
             temperature=s.temperature if sample else None,
             top_p=s.top_p if sample else None,
+            min_p=(s.min_p or None) if sample else None,
             top_k=0 if sample else None,
             max_new_tokens=s.max_tokens,
             num_return_sequences=s.n,

@@ -105,6 +105,8 @@ class OpenAIGenerator:
             body = {"n": s.n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
             if s.stop:
                 body["stop"] = list(s.stop)
+            if s.min_p:  # not an OpenAI API field: vLLM's and llama.cpp's servers take it; sent only when asked for
+                body["extra_body"] = {"min_p": s.min_p}  # the client takes only OpenAI's own fields as arguments
             if s.seed is not None:
                 body["seed"] = s.seed
             try:
@@ -198,7 +200,8 @@ class OpenAIGenerator:
         if not chat:
             body = {"model": self.model, **body, "prompt": request.prompt + request.prefix}
         elif request.prefix and continues:
-            body = {"model": self.model, **body, "extra_body": {"continue_final_message": True, "add_generation_prompt": False},
+            body = {"model": self.model, **body, "extra_body": {**body.get("extra_body", {}), "continue_final_message": True,
+                                                                      "add_generation_prompt": False},
                     "messages": [*request.messages, {"role": "assistant", "content": request.prefix}]}
         else:
             body = {"model": self.model, **body, "messages": list(request.messages)}

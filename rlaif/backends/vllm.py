@@ -121,7 +121,7 @@ class VLLMGenerator:
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, stop=list(s.stop), seed=s.seed
+            n=s.n, temperature=s.temperature, top_p=s.top_p, min_p=s.min_p, max_tokens=s.max_tokens, stop=list(s.stop), seed=s.seed
         )
 
     def generate(self, requests: list[Request], progress: ProgressFn | None = None) -> list[Completion]:

@@ -67,7 +67,7 @@ def _model(name: str, backend: str, option: str):
         check_model_path(name)
     except UserError as e:
         raise UserError(f"{option}: {e.message}") from None
-    return ModelConfig(model=name, backend=backend, dtype="float32" if backend == "hf" else "bfloat16")
+    return ModelConfig(model=name, backend=backend, dtype="float32" if backend == "hf" else "auto")
 
 
 def _session(prompts_file, constitution_file, pipeline_file, seed, limit, output, default_judge, judge, backend, stage):

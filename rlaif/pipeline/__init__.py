@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from ..backends.advice import slow_settings
 from ..backends.pool import STARTS, ModelPool, starts_since
 from ..export.pairs import merge_pairs
 from ..export.rows import PREF_FEATURES, SFT_FEATURES, judged_rows, pair_id, scored_rows, sl_cai_rows, write_dataset
@@ -162,6 +163,9 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     store = Store(run_dir / "records.sqlite")
     info = runinfo.started(p)
+    for note in slow_settings(pipeline):  # before any model loads: the user can stop and change it
+        reporter.print(f"[yellow]note[/] {note}")
+        info.setdefault("notes", []).append(note)
     runinfo.write(run_dir, info)
     pool = ModelPool(seed=pipeline.seed, cluster=cluster)
     ctx = StageContext(store, p.constitution, p.templates, reporter, pipeline.seed, pipeline.batch_size, pipeline.few_shot)

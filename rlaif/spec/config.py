@@ -23,7 +23,9 @@ class ModelConfig:
 
     model: str = "default"  # "default" (the embedded Gemma 3 270M), a local HF directory, or a hub id; scripted: its model id
     backend: Literal["vllm", "hf", "openai", "scripted"] = "vllm"  # scripted: canned replies, no model (tests, overhead)
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "bfloat16"
+    # auto: bf16 where the processor has it natively (GPUs, CPUs with AVX-512 BF16 or AMX), float32 on other CPUs,
+    # where bf16 is emulated (~3x slower generation, measured: bench/results/dtype.md); see rlaif/hardware.py
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     prompt_format: Literal["auto", "chat", "completion"] = "auto"  # auto: chat if the tokenizer has a template
     max_model_len: PositiveInt = 4096  # vllm: longest prompt + completion
     kv_cache_gb: PositiveFloat = 2.0  # vllm on CPU: KV-cache size; the default would reserve most of the RAM
@@ -57,7 +59,10 @@ class RespondConfig:
 
     n: PositiveInt = 2
     temperature: NonNegativeFloat = 0.8  # 0: greedy
-    top_p: TopP = 0.95
+    # 1.0 (off) by default: on vLLM's CPU engine top_p < 1 sorts the whole vocabulary every token (0.95 measured 4.1x
+    # slower with the embedded model's 262k vocabulary); min_p truncates the tail at no measured cost (docs/method.md)
+    top_p: TopP = 1.0
+    min_p: Fraction = 0.0  # keep tokens with at least min_p x the top token's probability; 0: off
     max_tokens: PositiveInt = 128
     stop: tuple[str, ...] | None = None  # None: COMPLETION_STOP for base models, none for chat models
 
@@ -71,7 +76,8 @@ class CritiqueConfig:
 
     rounds: PositiveInt = 1
     temperature: NonNegativeFloat = 0.3
-    top_p: TopP = 0.95
+    top_p: TopP = 1.0  # off by default, as in RespondConfig (its cost on vLLM's CPU engine)
+    min_p: Fraction = 0.0
     max_tokens: PositiveInt = 128
     stop: tuple[str, ...] | None = None
     principles: tuple[str, ...] = ()  # draw only from these principle names; empty: all

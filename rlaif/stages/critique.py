@@ -74,10 +74,12 @@ def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueC
     fmt = prompt_format(format_setting, generator)
     stop = cfg.stop if cfg.stop is not None else (COMPLETION_STOP if fmt == "completion" else ())
     settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": list(stop)}
+    if cfg.min_p:  # in the key only when set: records sampled without it keep their keys
+        settings["min_p"] = cfg.min_p
     template = ctx.templates.sha256(*TEMPLATES[fmt])
     pool = ctx.constitution.restricted(cfg.principles)
     few_shot = [list(e.values()) for e in few_shot_examples(ctx, None)] if fmt == "completion" else []
-    base = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=tuple(stop))
+    base = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, max_tokens=cfg.max_tokens, stop=tuple(stop))
 
     history: dict[str, list[dict]] = {r["key"]: [] for r in responses}
     state = {r["key"]: (r["key"], r["text"]) for r in responses}  # (input record key, current answer)

@@ -39,6 +39,8 @@ def respond(ctx: StageContext, generator, prompts: list[Prompt], cfg: RespondCon
     fmt = prompt_format(format_setting, generator)
     stop = cfg.stop if cfg.stop is not None else (COMPLETION_STOP if fmt == "completion" else ())
     settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": list(stop)}
+    if cfg.min_p:  # in the key only when set: records sampled without it keep their keys
+        settings["min_p"] = cfg.min_p
     template = ctx.templates.sha256(TEMPLATE) if fmt == "completion" else "chat"
     few_shot = [e["prompt"] + e["response"] for e in few_shot_examples(ctx, None)] if fmt == "completion" else []
 
@@ -54,7 +56,7 @@ def respond(ctx: StageContext, generator, prompts: list[Prompt], cfg: RespondCon
 
     def make(chunk: list[tuple[Prompt, list[int]]], advance) -> dict[str, dict]:
         requests = [
-            build_request(ctx, p, fmt, Sampling(n=len(left), temperature=cfg.temperature, top_p=cfg.top_p,
+            build_request(ctx, p, fmt, Sampling(n=len(left), temperature=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p,
                                                 max_tokens=cfg.max_tokens, stop=tuple(stop),
                                                 seed=derive_seed(ctx.seed, p.id, left)))
             for p, left in chunk

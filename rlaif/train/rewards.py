@@ -35,7 +35,7 @@ def _text(completion) -> str:
 def load_judge(judge, config_file: str):
     """A reward's or watch's `judge:` block: (generator (fp32 on hf), constitution (relative to the file), pool)."""
     pool = ModelPool()
-    dtype = "float32" if judge.backend == "hf" else "bfloat16"
+    dtype = "float32" if judge.backend == "hf" else "auto"  # auto: bf16 only where native (rlaif.hardware)
     generator = pool.get(ModelConfig(model=judge.model, backend=judge.backend, dtype=dtype))
     return generator, load_constitution(resolve_path(judge.constitution, Path(config_file).resolve().parent)), pool
 

@@ -133,6 +133,12 @@ def test_sampling_is_forwarded(server, make):
                                          "top_p": 0.9, "max_tokens": 7, "stop": ["\n", "END"], "seed": 42}
     assert bodies["/v1/chat/completions"]["messages"] == [{"role": "user", "content": "hey"}]
     assert "seed" not in bodies["/v1/chat/completions"] and "stop" not in bodies["/v1/chat/completions"]
+    assert "min_p" not in bodies["/v1/chat/completions"]  # not an OpenAI field: sent only when asked for
+
+
+def test_min_p_is_sent_only_when_set(server, make):
+    make().generate([Request(prompt="hello", sampling=Sampling(min_p=0.05, max_tokens=3))])
+    assert server.script.requests[-1][1]["min_p"] == 0.05
 
 
 def test_too_long_prompt_gives_an_empty_output_not_an_error(server, make):

@@ -162,3 +162,22 @@ def test_a_later_round_is_never_built_on_a_degenerate_revision(workdir, scripted
     assert all(r["input"].startswith("initial answer") for r in rounds)  # round 2's input is the last usable answer
     info = json.loads((run_dir / "run.json").read_text())
     assert info["counts"]["revision_problems"] == {"echoes_request": 2}
+
+
+def test_min_p_reaches_every_sampled_request_and_its_key(workdir, scripted):
+    """`min_p` is sent with each respond and critique request; setting it makes new records, leaving it off keeps the
+    records that were sampled without it (it is in the key only when set)."""
+    (workdir / "p.txt").write_text("How do I bake bread?\n")
+    pipe = write_pipeline(workdir / "p.yaml", "default", prompts="p.txt", stages="stages:\n  respond: {n: 2}\n  critique: {rounds: 1}\n")
+    invoke = lambda *sets: CliRunner().invoke(main, ["run", str(pipe), *[a for s in sets for a in ("--set", s)]],
+                                              catch_exceptions=False)
+    assert invoke().exit_code == 0
+    gen = scripted["gen"]
+    assert {r.sampling.min_p for r in gen.requests} == {0.0} and {r.sampling.top_p for r in gen.requests} == {1.0}
+    before = len(gen.requests)
+    assert invoke("stages.respond.min_p=0.0").exit_code == 0
+    assert len(gen.requests) == before  # an explicit 0 is the default: nothing resampled
+    assert invoke("stages.respond.min_p=0.05", "stages.critique.min_p=0.1").exit_code == 0
+    new = gen.requests[before:]
+    assert len(new) == 1 + 2 * 2  # respond again (one request, n=2), then critique and revision of both answers
+    assert new[0].sampling.min_p == 0.05 and {r.sampling.min_p for r in new[1:]} == {0.1}
