@@ -52,7 +52,7 @@ def _vllm_version() -> str:
 def timed(engine, prompts: list[str], temperature: float, max_tokens: int, top_p: float, min_p: float = 0.0) -> tuple[float, int]:
     """Seconds and generated tokens for one batch, one request per prompt with its own seed (as the stages send)."""
     # the embedded model is a base model: the respond stage's completion format, with its stop strings
-    requests = [Request(prompt=f"Human: {p}\n\nAssistant:",
+    requests = [Request(prompt=p,  # load_prompts gives the "Human: ...\n\nAssistant:" transcript already
                         sampling=Sampling(temperature=temperature, top_p=top_p, min_p=min_p, max_tokens=max_tokens, seed=i,
                                           stop=COMPLETION_STOP))
                 for i, p in enumerate(prompts)]

@@ -26,6 +26,7 @@ class Reporter:
             redirect_stdout=False,  # a library's print belongs in the log, not above the bars
             redirect_stderr=False,
         )
+        self.phases: list[dict] = []  # each bar's requests, tokens and seconds from its start to its last advance (run.json)
 
     def __enter__(self):
         self.progress.start()
@@ -43,12 +44,16 @@ class Reporter:
         """A new bar; returns the callback a generator calls with (requests done, new tokens)."""
         task = self.progress.add_task(description, total=total, tokens=0, rate=0.0)
         start, tokens = time.perf_counter(), 0
+        phase = {"name": description, "requests": 0, "tokens": 0, "seconds": 0.0}
+        self.phases.append(phase)
 
         def advance(done: int, new_tokens: int) -> None:
             nonlocal tokens
             tokens += new_tokens
-            rate = tokens / max(time.perf_counter() - start, 1e-9)
+            seconds = time.perf_counter() - start
+            rate = tokens / max(seconds, 1e-9)
             self.progress.update(task, advance=done, tokens=tokens, rate=rate)
+            phase.update(requests=phase["requests"] + done, tokens=tokens, seconds=round(seconds, 3))
 
         return advance
 

@@ -197,6 +197,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
         trained = run_training(p, reporter, before)
         samples, prefs = rl_phase(ctx, p, fmt, responses, revision_pairs, meta, info, stats, reporter)
     write_dataset(prefs, PREF_FEATURES, run_dir, "prefs")
+    info["phases"] = list(getattr(reporter, "phases", []))  # each generation bar: requests, tokens, seconds
     info.update(status="complete", finished=runinfo.now(), seconds=round(time.perf_counter() - t0, 1),
                 counts={"prompts": len(p.prompts), "responses": len(responses),
                         **({"rl_responses": len(samples)} if before else {}),
@@ -218,6 +219,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> dict:
         with reporter:
             info["counts"]["eval"] = run_eval(p, reporter)
         info["counts"]["engine_starts"] = starts_since(starts)  # the eval's engines too
+        info["phases"] = list(getattr(reporter, "phases", []))
         runinfo.write(run_dir, info)
     if stages.report:
         from ..report.report import write_report

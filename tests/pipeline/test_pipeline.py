@@ -138,3 +138,27 @@ def test_run_json_counts_the_engines_it_started(workdir):
     count = lambda name: json.loads((workdir / "outputs" / name / "run.json").read_text())["counts"]["engine_starts"]
     assert count("same") == {"total": 1, "by_model": {"scripted:fake": 1}}
     assert count("other") == {"total": 2, "by_model": {"scripted:fake": 1, "scripted:fake-judge": 1}}
+
+
+def test_run_json_times_each_generation_phase(workdir):
+    """run.json `phases`: one entry per progress bar with its requests, tokens and seconds (bench/peer.py reads them),
+    so a user can see where a run's time went; a rerun that generates nothing records no new work."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rlaif.cli import main
+
+    (workdir / "p.txt").write_text("one\ntwo\nthree\n")
+    pipe = workdir / "p.yaml"
+    pipe.write_text("name: t\nconstitution: constitutions/harmless.yaml\nprompts: p.txt\n"
+                    "models:\n  policy: {model: fake, backend: scripted, scripted_words: 5}\n"
+                    "stages:\n  respond: {n: 2, max_tokens: 12}\n  critique: {}\n  judge: {}\n")
+    assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
+    phases = json.loads((workdir / "outputs" / "t" / "run.json").read_text())["phases"]
+    by_name = {p["name"]: p for p in phases}
+    assert by_name["respond"]["requests"] == 3 and by_name["respond"]["tokens"] == 3 * 2 * 5  # 3 prompts x n=2 x 5 words
+    assert all(p["seconds"] >= 0 and set(p) == {"name", "requests", "tokens", "seconds"} for p in phases)
+    assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
+    again = json.loads((workdir / "outputs" / "t" / "run.json").read_text())["phases"]
+    assert sum(p["requests"] for p in again) == 0
