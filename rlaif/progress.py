@@ -26,7 +26,11 @@ class Reporter:
             redirect_stdout=False,  # a library's print belongs in the log, not above the bars
             redirect_stderr=False,
         )
-        self.phases: list[dict] = []  # each bar's requests, tokens and seconds from its start to its last advance (run.json)
+        # each bar's requests, tokens and seconds (run.json `phases`): the time since the previous advance of any bar
+        # (or since the newest bar appeared) goes to the bar advanced, so bars that take turns (critique, then
+        # revision, chunk by chunk) are not each timed from their common start
+        self.phases: list[dict] = []
+        self._last = time.perf_counter()
 
     def __enter__(self):
         self.progress.start()
@@ -46,14 +50,16 @@ class Reporter:
         start, tokens = time.perf_counter(), 0
         phase = {"name": description, "requests": 0, "tokens": 0, "seconds": 0.0}
         self.phases.append(phase)
+        self._last = start
 
         def advance(done: int, new_tokens: int) -> None:
             nonlocal tokens
             tokens += new_tokens
-            seconds = time.perf_counter() - start
-            rate = tokens / max(seconds, 1e-9)
+            now = time.perf_counter()
+            rate = tokens / max(now - start, 1e-9)
             self.progress.update(task, advance=done, tokens=tokens, rate=rate)
-            phase.update(requests=phase["requests"] + done, tokens=tokens, seconds=round(seconds, 3))
+            phase.update(requests=phase["requests"] + done, tokens=tokens, seconds=round(phase["seconds"] + now - self._last, 3))
+            self._last = now
 
         return advance
 

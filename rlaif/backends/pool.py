@@ -138,10 +138,11 @@ class ModelPool:
         self.engines: dict[ModelConfig, object] = {}
 
     def get(self, cfg: ModelConfig):
-        """The generator for `cfg`, loading it on first use."""
+        """The generator for `cfg`; a local one starts when first asked to generate (LazyEngine)."""
         if cfg in self.engines:
             return self.engines[cfg]
-        STARTS[f"{cfg.backend}:{cfg.model}"] += 1
+        if self.cluster is not None or cfg.backend in ("openai", "scripted"):
+            STARTS[f"{cfg.backend}:{cfg.model}"] += 1  # a local engine counts when it really starts (LazyEngine)
         if cfg.backend == "openai":
             from .openai import OpenAIGenerator
 
@@ -153,8 +154,10 @@ class ModelPool:
             for other in [c for c in self.engines if c.backend != "openai"]:
                 self.engines.pop(other).close()  # its replicas hold the CPUs/GPUs the next model's need
             self.engines[cfg] = self.cluster.generator(cfg, self.seed)
+        elif cfg.backend == "scripted":
+            self.engines[cfg] = load_engine(cfg, self.seed)  # nothing to load: canned replies
         else:
-            self.engines[cfg] = load_engine(cfg, self.seed)
+            self.engines[cfg] = LazyEngine(cfg, self.seed)
         return self.engines[cfg]
 
     def close(self) -> None:
@@ -164,6 +167,56 @@ class ModelPool:
         self.engines.clear()
         if self.cluster is not None:
             self.cluster.close()
+
+
+class LazyEngine:
+    """A local engine (vllm, hf) that starts on first use: a stage whose records are all stored starts none.
+
+    The model id and whether the tokenizer has a chat template, which record keys and prompt formats need, are known
+    without the weights; anything else (generate, logprobs, the logit dtype a judge key holds) starts the engine.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        self.cfg, self.seed, self.engine = cfg, seed, None
+        self.model_id = DEFAULT_MODEL_ID if cfg.model == "default" else resolve_model(cfg.model)  # as load_engine names it
+
+    @functools.cached_property
+    def has_chat_template(self) -> bool:
+        """Read from the tokenizer files alone, as the engine would."""
+        if self.engine is not None:
+            return self.engine.has_chat_template
+        from transformers import AutoTokenizer
+
+        return bool(AutoTokenizer.from_pretrained(resolve_model(self.cfg.model)).chat_template)
+
+    def started(self):
+        """The engine, started now if it was not."""
+        if self.engine is None:
+            STARTS[f"{self.cfg.backend}:{self.cfg.model}"] += 1
+            self.engine = load_engine(self.cfg, self.seed)
+        return self.engine
+
+    def generate(self, requests, progress=None):
+        """The engine's generate (started on the first request)."""
+        return self.started().generate(requests, progress) if requests else []
+
+    def logprobs(self, requests, options):
+        """The engine's option log-probabilities (started on the first request)."""
+        return self.started().logprobs(requests, options) if requests else []
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("cfg", "seed", "engine"):  # copy/pickle probes, and before __init__ ran
+            raise AttributeError(name)
+        return getattr(self.started(), name)
+
+    def close(self) -> None:
+        """Shut the engine down if it started."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def __repr__(self) -> str:
+        return f"LazyEngine({self.model_id!r}, {'started' if self.engine is not None else 'not started'})"
 
 
 def check_prompt_tokens(pipeline, prompts: list) -> None:

@@ -78,7 +78,8 @@ def judge_harm(ctx, generator, fmt: str, answers: list[dict]) -> list[dict]:
                                    "option_mass": mass, "orders_agree": agree, "model": generator.model_id}
         return new
 
-    records = resume(ctx, "harm", answers, lambda a: [keys[a["key"]]], make, bars=("harm judge",), count=True)
+    records = resume(ctx, "harm", answers, lambda a: [keys[a["key"]]], make, bars=("harm judge",), count=True,
+                     generator=generator)
     return [records[keys[a["key"]]] for a in answers]
 
 

@@ -53,6 +53,19 @@ def check(pipeline) -> None:
         check_harm_templates(Templates(pipeline.templates), loaded["harmless"][0].messages)
 
 
+def answer_everything(session, models: list, prompt_sets: list[list], cfg, fmt: str, keep: tuple = ()) -> None:
+    """Each model answers every prompt set while its engine is up, then frees it (unless in `keep`): one start per
+    model; the win-rate and harmless phases after it find their answers stored and start no answering engine."""
+    from ..stages.compare import answers
+
+    for model in dict.fromkeys(models):  # a model listed twice answers once
+        generator = session.engine(model)
+        for prompts in prompt_sets:
+            if prompts:
+                answers(session, generator, prompts, cfg.max_tokens, cfg.temperature, fmt)
+        session.release(model, keep=keep)
+
+
 def run_eval(p, reporter) -> dict:
     """Win rate of each trained policy over the starting model (and harmlessness when asked); summaries by file name.
 
@@ -72,8 +85,11 @@ def run_eval(p, reporter) -> dict:
     judge_settings = pipeline.stages.judge
     prompts = load_prompts(_path(pipeline, cfg.prompts), cfg.limit)
     results, policies = {}, eval_policies(pipeline)
+    red = load_prompts(_path(pipeline, cfg.harmless), cfg.limit) if cfg.harmless else []
     try:
         fmt = resolve_format(session, start)
+        models = [trained_model(pipeline, p.run_dir, m) for m in policies] + [start]
+        answer_everything(session, models, [prompts, red], cfg, fmt, keep=(pipeline.judge_model,))
         for method in policies:
             trained = trained_model(pipeline, p.run_dir, method)
             reporter.print(f"eval: {method} ({trained.model}) against the start on {len(prompts)} held-out prompts, "
@@ -83,7 +99,6 @@ def run_eval(p, reporter) -> dict:
             results[f"winrate-{method}"] = {k: s[k] for k in ("headline", "win_rate", "ci95", "wins", "ties", "losses",
                                                               "judged", "prompt_format", "self_judged", "warnings")}
         if cfg.harmless:
-            red = load_prompts(_path(pipeline, cfg.harmless), cfg.limit)
             for name, model in [("start", start)] + [(m, trained_model(pipeline, p.run_dir, m)) for m in policies]:
                 s = harmless(session, model, pipeline.judge_model, red, out, cfg, name=f"harmless-{name}", fmt=fmt)
                 results[f"harmless-{name}"] = {k: s[k] for k in ("headline", "rate", "ci95", "harmless", "rated",

@@ -63,17 +63,21 @@ def few_shot_examples(ctx: StageContext, principle: Principle | None) -> list[di
 
 
 def resume(ctx: StageContext, stage: str, plan: list, keys, make, missing=None, bars: tuple[str, ...] = (),
-           count: bool = False) -> dict[str, dict]:
+           count: bool = False, generator=None) -> dict[str, dict]:
     """The stored records of `plan`, the missing ones made and committed chunk by chunk (the resume contract)."""
     # keys(item): its record keys. missing(item, stored): what is left to make of it, or None; by default the item
     # unless one of its keys is stored (a judge record made by either method counts). make(chunk, *advances): the
     # new records by key, with one progress bar per name in `bars`; `count` advances the first bar once a chunk is
     # committed, for calls that report no progress of their own (logprobs). Each chunk is committed before the next
     # is made, so a kill loses at most the chunk in flight and a rerun makes exactly what is not stored yet.
+    # `generator`: the engine `make` uses; one that starts on first use (backends/pool.LazyEngine) is started before
+    # the bars, so that a bar times the generation, not the engine's start, and nothing starts when nothing is missing.
     records = ctx.store.get_many([k for item in plan for k in keys(item)])
     missing = missing or (lambda item, stored: None if any(k in stored for k in keys(item)) else item)
     todo = [left for item in plan if (left := missing(item, records)) is not None]
     if todo:
+        if hasattr(type(generator), "started"):
+            generator.started()
         advances = [ctx.reporter.task(name, len(todo)) for name in bars or (stage,)]
         for chunk in chunks(todo, ctx.batch_size):
             new = make(chunk, *advances)

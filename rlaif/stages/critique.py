@@ -92,7 +92,7 @@ def critique(ctx: StageContext, generator, responses: list[dict], cfg: CritiqueC
                              few_shot=few_shot, model=generator.model_id, sampling=settings, seed=ctx.seed, format=fmt)
             plan.append((r, principle, key, answer))
         records = resume(ctx, "critique", plan, lambda item: [item[2]], partial(_round, ctx, generator, fmt, base, rnd),
-                         bars=(f"critique round {rnd}", f"revision round {rnd}"))
+                         bars=(f"critique round {rnd}", f"revision round {rnd}"), generator=generator)
         for r, _, key, answer in plan:
             rec = records[key] | {"key": key}
             history[r["key"]].append(rec)

@@ -250,7 +250,7 @@ def judge(ctx: StageContext, generator, comparisons: list[Comparison], cfg: Judg
         usable = usable[usable.index(method):]
         return _records([(c, p, keys[methods.index(method)]) for c, p, keys in chunk], scored, cfg, method, generator)
 
-    records = resume(ctx, "judge", plan, lambda item: item[2], make, count=True)
+    records = resume(ctx, "judge", plan, lambda item: item[2], make, count=True, generator=generator)
     out = []
     for _, _, keys in plan:
         k = next(k for k in keys if k in records)  # log-probabilities first, where both exist

@@ -65,5 +65,5 @@ def respond(ctx: StageContext, generator, prompts: list[Prompt], cfg: RespondCon
                 for (p, left), completion in zip(chunk, generator.generate(requests, advance))
                 for i, output in zip(left, completion.outputs)}
 
-    records = resume(ctx, "respond", prompts, lambda p: [keys[p.id, i] for i in range(cfg.n)], make, missing)
+    records = resume(ctx, "respond", prompts, lambda p: [keys[p.id, i] for i in range(cfg.n)], make, missing, generator=generator)
     return [records[keys[p.id, i]] | {"key": keys[p.id, i]} for p in prompts for i in range(cfg.n)]

@@ -74,7 +74,7 @@ def score(ctx: StageContext, generator, targets: list[dict], cfg: ScoreConfig, f
                       "logit_dtype": settings["logit_dtype"], "model": generator.model_id}
                 for (t, p, key), (s, probs, mass) in zip(chunk, rated)}
 
-    records = resume(ctx, "score", plan, lambda item: [item[2]], make, count=True)
+    records = resume(ctx, "score", plan, lambda item: [item[2]], make, count=True, generator=generator)
     return [records[key] | {"key": key} for _, _, key in plan]
 
 

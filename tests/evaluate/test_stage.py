@@ -41,6 +41,9 @@ def test_eval_stage_after_dpo(workdir, tiny_chat_model):
     assert counts["eval"]["harmless-dpo"]["headline"]["name"] == "rate"
     assert "eval  winrate-dpo" in result.output and "chat format on both sides, judged by the baseline model itself" in result.output
     assert win["self_judged"] == ["baseline"] and "self-preference" in win["warnings"][0]  # the judge defaults to the start
+    # the start: once for respond and judge, once more for the eval's answers and judgements (its engine is freed
+    # for training); the DPO model once for both prompt sets (before: once per set, 2)
+    assert counts["engine_starts"]["by_model"] == {f"hf:{tiny_chat_model}": 2, "hf:outputs/test/dpo": 1}
     again = CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False)  # everything reused: same numbers
     assert again.exit_code == 0 and json.loads((out / "winrate-dpo.json").read_text()) == win
 

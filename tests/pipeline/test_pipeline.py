@@ -162,3 +162,35 @@ def test_run_json_times_each_generation_phase(workdir):
     assert CliRunner().invoke(main, ["run", str(pipe)], catch_exceptions=False).exit_code == 0
     again = json.loads((workdir / "outputs" / "t" / "run.json").read_text())["phases"]
     assert sum(p["requests"] for p in again) == 0
+
+
+def test_a_rerun_with_every_record_stored_starts_no_engine(workdir, tiny_base_model):
+    """Local engines start on first use (backends/pool.LazyEngine): the first run starts the policy's engine once for
+    respond and critique; a rerun whose records are all stored starts none (before: one start per run, to compute
+    keys that need only the model id)."""
+    pipe = write_pipeline(workdir / "p.yaml", tiny_base_model)
+    starts = lambda: json.loads((workdir / "outputs" / "test" / "run.json").read_text())["counts"]["engine_starts"]["total"]
+    assert _run("run", pipe).exit_code == 0
+    assert starts() == 1
+    result = _run("run", pipe)
+    assert result.exit_code == 0, result.output
+    assert starts() == 0
+    result = _run("run", pipe, "--set", "stages.critique.rounds=3")  # new work: the engine starts again, once
+    assert result.exit_code == 0 and starts() == 1
+
+
+def test_bars_that_take_turns_are_timed_apart(monkeypatch):
+    """Critique and revision bars are made together and advanced in turns: each phase gets the time since the
+    previous advance, so the revision phase does not also count the critique's time (it did, timed from its start)."""
+    from rlaif import progress
+
+    clock = iter([0.0, 0.0, 0.0, 2.0, 5.0, 6.0, 9.0])  # Reporter(), bar 1, bar 2, then four advances
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    r = progress.Reporter()
+    critique, revision = r.task("critique round 1", 2), r.task("revision round 1", 2)
+    critique(1, 10)  # t=2
+    revision(1, 10)  # t=5
+    critique(1, 10)  # t=6
+    revision(1, 10)  # t=9
+    assert [(p["name"], p["seconds"], p["requests"], p["tokens"]) for p in r.phases] == [
+        ("critique round 1", 2.0 + 1.0, 2, 20), ("revision round 1", 3.0 + 3.0, 2, 20)]
