@@ -75,16 +75,20 @@ def main() -> None:
             responses = respond(ctx, generator, prompts, RespondConfig(n=args.n, max_tokens=64))
         comparisons = build_comparisons(responses, {}, JudgeConfig(), seed=0)
         times: dict[str, list[float]] = {"one_order": [], "both_orders": []}
+        # CPU seconds of this process: the engine runs in it (in_process), so this counts the work done whatever
+        # else the shared machine runs; wall time on a loaded machine swings by 2x between repeats
+        cpu: dict[str, list[float]] = {"one_order": [], "both_orders": []}
         hit_rates: dict[str, list[float]] = {"one_order": [], "both_orders": []}
         for rep in range(args.repeats):
             for name, both in (("one_order", False), ("both_orders", True)):
                 generator.llm.reset_prefix_cache()  # each measurement starts from an empty cache
                 store = Store(Path(tmp) / f"{name}-{rep}.sqlite")  # fresh store: nothing is reused
                 run_ctx = StageContext(store, constitution, Templates(), Reporter(), seed=0, batch_size=10_000)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 before = _cache_counters(generator)
                 records = judge(run_ctx, generator, comparisons, JudgeConfig(both_orders=both))
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
                 after = _cache_counters(generator)
                 hit_rates[name].append((after[1] - before[1]) / max(after[0] - before[0], 1))
                 assert len(records) == len(comparisons)
@@ -100,7 +104,10 @@ def main() -> None:
         "comparisons": len(comparisons), "repeats": args.repeats, "context_turns": args.context_turns, "block_size": args.block_size or "default (128 on CPU)",
         "dtype": args.dtype, "judge_examples": len(constitution.judge_few_shot),
         "median_judge_prompt_tokens": tokens["median_request"]["total"], "tokens": tokens,
-        "seconds": times, "kv_cache_gb": args.kv_cache_gb or 2.0,
+        "seconds": times, "cpu_seconds": cpu, "engine_in_process": generator.in_process,
+        "both_over_one_per_repeat": [round(b / o, 3) for o, b in zip(times["one_order"], times["both_orders"])],
+        "cpu_both_over_one": round(statistics.median(cpu["both_orders"]) / statistics.median(cpu["one_order"]), 3),
+        "kv_cache_gb": args.kv_cache_gb or 2.0,
         "prefix_cache_hit_rate": {k: round(statistics.median(v), 3) for k, v in hit_rates.items()}, "one_order_s": round(one, 2), "both_orders_s": round(both, 2),
         "both_over_one": round(both / one, 3),
         "comparisons_per_s_both_orders": round(len(comparisons) / both, 2),
@@ -124,12 +131,14 @@ def main() -> None:
         f"| labelling | seconds | comparisons/s |\n|---|---|---|\n"
         f"| one order | {one:.2f} | {result['comparisons_per_s_one_order']} |\n"
         f"| both orders | {both:.2f} | {result['comparisons_per_s_both_orders']} |\n\n"
-        f"both / one: **{result['both_over_one']}x** (target: at most 1.4x)\n\n"
+        f"both / one: **{result['both_over_one']}x** (target: at most 1.4x); per repeat "
+        f"{', '.join(f'{x}x' for x in result['both_over_one_per_repeat'])}; in CPU seconds of the process "
+        f"(engine in process: {result['engine_in_process']}) {result['cpu_both_over_one']}x\n\n"
         f"Prefix-cache hit rate (prompt tokens served from the cache): one order "
         f"{result['prefix_cache_hit_rate']['one_order']}, both orders {result['prefix_cache_hit_rate']['both_orders']}; "
         f"KV cache {result['kv_cache_gb']} GiB.\n\n"
         f"Tokens per request (median): {med['total']} in all; {med['shared_with_all']} shared with every other request "
-        f"(the examples and the opening line); {med['shared_by_orders']} shared by the two orders of one comparison "
+        f"(BOS, the judge examples if any, the opening line); {med['shared_by_orders']} shared by the two orders of one comparison "
         f"(up to the first option); {med['per_order']} that only this order has (the two answers and what follows).\n\n"
         f"An ideal prefix cache (whole blocks of {tokens['block_size']} tokens, requests in the order sent) leaves "
         f"{ideal['one_order']} tokens to prefill for one order and {ideal['both_orders']} for both: "
