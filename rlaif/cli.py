@@ -195,7 +195,7 @@ def validate(file):
     from .spec.constitution import load_constitution
 
     c = load_constitution(file)
-    click.echo(f"{file}: ok ({len(c.principles)} principles, {len(c.few_shot)} few-shot examples, sha256 {c.sha256[:12]})")
+    click.echo(f"{file}: ok ({len(c.principles)} principles, {len(c.few_shot)} few-shot examples, {len(c.judge_few_shot)} judge examples, sha256 {c.sha256[:12]})")
 
 
 @constitution.command()

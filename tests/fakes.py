@@ -38,8 +38,8 @@ class BiasedJudge:
         self.position_bias, self.logprobs_ok, self.calls = position_bias, logprobs_ok, {"logprobs": 0, "generate": 0}
 
     def _options(self, prompt):
-        a = prompt.split("\n(A) ")[1].split("\n(B) ")[0]
-        b = prompt.split("\n(B) ")[1].split("\n")[0]
+        a = prompt.rsplit("\n(A) ", 1)[1].split("\n(B) ")[0]  # the last options: worked examples come first
+        b = prompt.rsplit("\n(B) ", 1)[1].split("\n")[0]
         return a, b
 
     def generate(self, requests, progress=None):

@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from ..errors import UserError, UserErrors
 from .ranges import PositiveFloat, check_ranges
@@ -48,6 +49,30 @@ class FewShot:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One turn of a judge example's conversation."""
+
+    role: Literal["user", "assistant", "system"]
+    content: str
+
+
+@dataclass(frozen=True)
+class JudgeExample:
+    """A worked pairwise comparison with its answer, shown to the judge before the real one (CAI §4.1)."""
+
+    response_a: str
+    response_b: str
+    preferred: Literal["A", "B"]  # the option the judge should pick
+    prompt: str | None = None  # the human turn; or `messages` for a longer conversation
+    messages: tuple[Turn, ...] = ()  # a conversation that ends with the human turn the responses answer
+    principle: str | None = None  # whose `comparison` question the example shows; default: the judged one
+
+    def conversation(self) -> list[dict]:
+        """The example's conversation as chat messages."""
+        return [{"role": t.role, "content": t.content} for t in self.messages] or [{"role": "user", "content": self.prompt}]
+
+
+@dataclass(frozen=True)
 class Constitution:
     """A named set of principles with optional few-shot examples."""
 
@@ -55,13 +80,17 @@ class Constitution:
     principles: tuple[Principle, ...]
     description: str = ""
     few_shot: tuple[FewShot, ...] = ()
+    judge_few_shot: tuple[JudgeExample, ...] = ()  # worked comparisons shown before every pairwise judge question
     path: str = dataclasses.field(default="", compare=False, metadata={"yaml": False})
 
     @property
     def sha256(self) -> str:
         """Hash of the content (not the file's formatting)."""
-        return _digest({"name": self.name, "description": self.description, "few_shot": [dataclasses.asdict(f) for f in self.few_shot],
-                        "principles": [p.sha256 for p in self.principles]})
+        content = {"name": self.name, "description": self.description, "few_shot": [dataclasses.asdict(f) for f in self.few_shot],
+                   "principles": [p.sha256 for p in self.principles]}
+        if self.judge_few_shot:  # only when present: a constitution without judge examples keeps the hash it had
+            content["judge_few_shot"] = [dataclasses.asdict(e) for e in self.judge_few_shot]
+        return _digest(content)
 
     def principle(self, name: str) -> Principle:
         """The principle called `name`."""
@@ -130,3 +159,43 @@ def _check(data, b: Builder) -> None:
             for key, value in ex.items():
                 if isinstance(value, str) and not value.strip():
                     b.error(f"few_shot[{i}].{key}", "must not be empty", line_of(ex, key))
+    _check_judge_examples(data, b)
+
+
+def _check_judge_examples(data, b: Builder) -> None:
+    """`judge_few_shot`: one conversation each, non-empty text, two different responses, a principle that can be judged."""
+    principles = {p.get("name"): p for p in data.get("principles") or [] if isinstance(p, dict)} \
+        if isinstance(data.get("principles"), list) else {}
+    examples = data.get("judge_few_shot")
+    for i, ex in enumerate(examples if isinstance(examples, list) else []):
+        if not isinstance(ex, dict):
+            continue
+        where = f"judge_few_shot[{i}]"
+        for key in ("prompt", "response_a", "response_b", "principle"):
+            if isinstance(ex.get(key), str) and not ex[key].strip():
+                b.error(f"{where}.{key}", "must not be empty", line_of(ex, key))
+        has_prompt, turns = ex.get("prompt") is not None, ex.get("messages")
+        if has_prompt and turns is not None:
+            b.error(where, "give `prompt` or `messages`, not both", line_of(ex, "messages"))
+        elif not has_prompt and turns is None:
+            b.error(where, "needs a `prompt` (the human turn) or `messages` (a conversation ending with one)", line_of(examples, i))
+        if isinstance(turns, list):
+            if not turns:
+                b.error(f"{where}.messages", "the list is empty", line_of(ex, "messages"))
+            for j, t in enumerate(turns):
+                if isinstance(t, dict) and isinstance(t.get("content"), str) and not t["content"].strip():
+                    b.error(f"{where}.messages[{j}].content", "must not be empty", line_of(t, "content"))
+            last = turns[-1] if turns else None
+            if isinstance(last, dict) and last.get("role") in ("assistant", "system"):
+                b.error(f"{where}.messages[{len(turns) - 1}]", f"the last turn must be the user's (the responses answer it), "
+                        f"got {last['role']!r}", line_of(turns, len(turns) - 1))
+        a, bb = ex.get("response_a"), ex.get("response_b")
+        if isinstance(a, str) and a.strip() and isinstance(bb, str) and a.strip() == bb.strip():
+            b.error(f"{where}.response_b", "is the same text as response_a: the example shows no preference", line_of(ex, "response_b"))
+        name = ex.get("principle")
+        if isinstance(name, str) and name.strip():
+            if name not in principles:
+                b.error(f"{where}.principle", f"no principle named {name!r}", line_of(ex, "principle"))
+            elif not principles[name].get("comparison"):
+                b.error(f"{where}.principle", f"principle {name!r} has no `comparison` question for the example to show",
+                        line_of(ex, "principle"))

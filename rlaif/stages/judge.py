@@ -5,6 +5,11 @@ P(A) and P(B) of what comes next (in context, spellings summed: backends/options
 two options. When P(A) + P(B), the option mass, is below `min_option_mass` the judge meant to say something
 else ("**", "<think>", "The"), and that order gets no label. Scoring both orders, (a, b) and (b, a), and
 averaging cancels the judge's position bias; how often the orders disagree is recorded.
+
+The constitution's worked comparisons (`judge_few_shot`) come first, each the same question with its answer:
+completion text before the question (completion/judge_examples.j2), or earlier (user, assistant) turns for a
+chat judge. Either way the two orders of a comparison, and every comparison under one principle, share them as
+one prefix, which the engine's prefix cache computes once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from .common import StageContext, prompt_format, resume
 
 TEMPLATES = {"completion": "completion/judge.j2", "chat": "chat/judge.j2"}
 REPLY = "chat/judge_reply.j2"  # a chat judge's reply starts with this; the letter is read after it
+# the worked comparisons: completion text that includes judge.j2 per example; a chat example's answer turn
+EXAMPLES = {"completion": "completion/judge_examples.j2", "chat": "chat/judge_example_reply.j2"}
 OPTIONS = ("A", "B")
 # How option probabilities are read, in every judge record key: records read the old way (first token out of
 # context, bf16 logits on hf, no mass check) must not mix with these. Bump when the reading changes meaning.
@@ -150,18 +157,47 @@ def build_comparisons(responses: list[dict], finals: dict[str, tuple[str, str]],
     return out
 
 
+def judge_examples(constitution: Constitution, principle: Principle) -> list[dict]:
+    """The worked comparisons shown before a question under `principle`, each with its own principle's question."""
+    out = []
+    for ex in constitution.judge_few_shot:
+        shown = constitution.principle(ex.principle) if ex.principle else principle
+        out.append({"messages": ex.conversation(), "comparison": shown.comparison, "response_a": ex.response_a,
+                    "response_b": ex.response_b, "preferred": ex.preferred})
+    return out
+
+
 # ---- talking to the judge ---------------------------------------------------------------------------
 
 
+def render_examples(ctx: StageContext, fmt: str, examples: list[dict]) -> str | tuple:
+    """The examples as they precede the question: completion text, or earlier (user, assistant) chat turns."""
+    if fmt == "completion":
+        return ctx.templates.render(EXAMPLES["completion"], examples=examples)
+    # a chat judge sees each example as an earlier exchange in the very form it must answer in (few-shot as
+    # multi-turn); chat/judge.j2 is rendered as it is for the real question, so a chat prompt without examples is
+    # the one it always was, and the opened reply (chat/judge_reply.j2) still comes right after the last user turn
+    turns = []
+    for ex in examples:
+        ask = ctx.templates.render(TEMPLATES["chat"], messages=ex["messages"], principle=ex, response_a=ex["response_a"],
+                                   response_b=ex["response_b"], chain_of_thought=False, reasoning=None)
+        turns += [{"role": "user", "content": ask},
+                  {"role": "assistant", "content": ctx.templates.render(EXAMPLES["chat"], preferred=ex["preferred"])}]
+    return tuple(turns)
+
+
 def request(ctx: StageContext, fmt: str, c: Comparison, first: Candidate, second: Candidate, principle: Principle,
-             cfg: JudgeConfig, reasoning: str | None, sampling: Sampling, answer: bool) -> Request:
-    """The judge's question; `answer`: the reply must start with the verdict (chat: opened with chat/judge_reply.j2)."""
+            cfg: JudgeConfig, reasoning: str | None, sampling: Sampling, answer: bool, shots: str | tuple | None = None) -> Request:
+    """The judge's question after the worked examples; `answer`: the reply must start with the verdict (chat: opened
+    with chat/judge_reply.j2). `shots`: the examples already rendered for `principle` (render_examples)."""
+    if shots is None:
+        shots = render_examples(ctx, fmt, judge_examples(ctx.constitution, principle))
     text = ctx.templates.render(TEMPLATES[fmt], messages=list(c.messages), principle=principle, response_a=first.text,
                                 response_b=second.text, chain_of_thought=cfg.chain_of_thought, reasoning=reasoning)
     if fmt == "chat":
         prefix = ctx.templates.render(REPLY) if answer else ""
-        return Request(messages=({"role": "user", "content": text},), sampling=sampling, prefix=prefix)
-    return Request(prompt=text, sampling=sampling)
+        return Request(messages=(*shots, {"role": "user", "content": text}), sampling=sampling, prefix=prefix)
+    return Request(prompt=shots + text, sampling=sampling)
 
 
 Scored = tuple[float | None, float | None, str]  # P(A) (None: no usable answer), option mass (None: parsed), raw text
@@ -170,19 +206,27 @@ Scored = tuple[float | None, float | None, str]  # P(A) (None: no usable answer)
 def _score(ctx, generator, fmt, jobs, cfg: JudgeConfig, method: str) -> list[Scored]:
     """P(A), the option mass and any raw text for each (comparison, first, second, principle) job."""
     stop = tuple(COMPLETION_STOP) + ("\nTherefore",) if fmt == "completion" else ()
+    shots: dict[str, str | tuple] = {}  # the examples, rendered once per principle
+
+    def ask(job, reasoning, s, answer):
+        c, f, g, p = job
+        if p.name not in shots:
+            shots[p.name] = render_examples(ctx, fmt, judge_examples(ctx.constitution, p))
+        return request(ctx, fmt, c, f, g, p, cfg, reasoning, s, answer, shots[p.name])
+
     reasoning = [None] * len(jobs)
     if cfg.chain_of_thought:  # let the judge reason first, greedily
         s = Sampling(temperature=0.0, max_tokens=cfg.cot_max_tokens, stop=stop)
-        outs = generator.generate([request(ctx, fmt, c, f, g, p, cfg, None, s, False) for c, f, g, p in jobs])
+        outs = generator.generate([ask(job, None, s, False) for job in jobs])
         reasoning = [o.outputs[0].text.strip() for o in outs]
     s = Sampling(temperature=0.0, max_tokens=cfg.max_tokens, stop=stop)
     bounds = tuple(cfg.cot_clamp) if cfg.chain_of_thought and cfg.cot_clamp else None
     if method == "logprobs":
-        requests = [request(ctx, fmt, c, f, g, p, cfg, r, s, True) for (c, f, g, p), r in zip(jobs, reasoning)]
+        requests = [ask(job, r, s, True) for job, r in zip(jobs, reasoning)]
         read = [read_options(lp, cfg.min_option_mass) for lp in generator.logprobs(requests, list(OPTIONS))]
         return [(clamp(p, bounds), mass, r or "") for (p, mass), r in zip(read, reasoning)]
     # a verdict in the judge's own words: no reply prefix, so a chat judge may say it however it likes
-    requests = [request(ctx, fmt, c, f, g, p, cfg, r, s, False) for (c, f, g, p), r in zip(jobs, reasoning)]
+    requests = [ask(job, r, s, False) for job, r in zip(jobs, reasoning)]
     texts = [o.outputs[0].text for o in generator.generate(requests)]
     return [(clamp(parse_verdict(t), bounds), None, ((r + "\n") if r else "") + t) for t, r in zip(texts, reasoning)]
 
@@ -225,6 +269,15 @@ def judge(ctx: StageContext, generator, comparisons: list[Comparison], cfg: Judg
     reply = ctx.templates.sha256(REPLY) if fmt == "chat" else None
     pool = ctx.constitution.restricted(cfg.principles)
     methods = ["logprobs", "parse"] if cfg.method == "auto" else [cfg.method]
+    shown: dict[str, dict] = {}  # principle name -> the key part for its examples
+
+    def examples_part(p: Principle) -> dict:
+        # the examples rendered under `p` and their template; no part at all without examples, so the keys of a
+        # constitution without `judge_few_shot` are the ones they always were
+        if p.name not in shown:
+            examples = judge_examples(ctx.constitution, p)
+            shown[p.name] = {"examples": record_key(examples=examples, template=ctx.templates.sha256(EXAMPLES[fmt]))} if examples else {}
+        return shown[p.name]
 
     def key(c: Comparison, p: Principle, method: str) -> str:
         settings = {"both_orders": cfg.both_orders, "cot": cfg.chain_of_thought, "cot_max_tokens": cfg.cot_max_tokens,
@@ -235,7 +288,7 @@ def judge(ctx: StageContext, generator, comparisons: list[Comparison], cfg: Judg
         else:
             settings |= {"max_tokens": cfg.max_tokens, "parser": READING}
         return record_key(stage="judge", a=c.a.key, b=c.b.key, principle=p.sha256, template=template, reply=reply,
-                          model=generator.model_id, settings=settings, seed=ctx.seed, format=fmt)
+                          model=generator.model_id, settings=settings, seed=ctx.seed, format=fmt, **examples_part(p))
 
     plan = [(c, p, [key(c, p, m) for m in methods]) for c in comparisons
             for p in draw_principles(pool, ctx.seed, c.id, cfg.principles_per_comparison)]

@@ -93,7 +93,7 @@ class JudgeAndRater:
         out = []
         for r in requests:
             if options == ["A", "B"]:
-                a, b = r.prompt.split("\n(A) ")[1].split("\n(B) ")
+                a, b = r.prompt.rsplit("\n(A) ", 1)[1].split("\n(B) ")  # the last options: worked examples come first
                 pa = 0.8 if len(a) > len(b.split("\n")[0]) else 0.2
                 out.append({"A": math.log(pa), "B": math.log(1 - pa)})
             elif options == ["0"]:

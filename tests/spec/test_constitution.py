@@ -64,3 +64,26 @@ def test_show_chat_and_unknown_principle():
     assert "[assistant, continued] The answer is: (" in result.output and "[assistant, continued] Rating (1 to 10): " in result.output
     result = CliRunner().invoke(main, ["constitution", "show", path, "--principle", "nope"])
     assert result.exit_code == 2 and "no principle named 'nope'" in result.stderr
+
+
+def test_shipped_judge_examples_are_balanced_and_short():
+    """Examples that all answered (A) would teach the judge a position bias; each precedes every judge question."""
+    for name in ("harmless", "helpful"):
+        c = load_constitution(ROOT / "constitutions" / f"{name}.yaml")
+        letters = [ex.preferred for ex in c.judge_few_shot]
+        assert 2 <= len(letters) <= 4 and letters.count("A") == letters.count("B"), (name, letters)
+        for ex in c.judge_few_shot:
+            assert ex.principle and c.principle(ex.principle).comparison  # one question per example: one prefix for all
+            assert len(f"{ex.prompt} {ex.response_a} {ex.response_b}".split()) <= 60, ex  # 40-70 tokens on the embedded tokenizer
+
+
+def test_hash_covers_the_judge_examples(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\nprinciples:\n  - {name: x, critique: c, revision: r}\n")
+    # a constitution without judge examples keeps the hash it had before they existed (f987ebf)
+    assert load_constitution(path).sha256 == "de54e48585d0eaeaebb9997761c93427850723e3d00a455d71f8274368388195"
+    example = "judge_few_shot:\n  - {prompt: p, response_a: sure, response_b: nope, preferred: A}\n"
+    path.write_text(path.read_text() + example)
+    with_example = load_constitution(path).sha256
+    path.write_text(path.read_text().replace("preferred: A", "preferred: B"))
+    assert len({with_example, load_constitution(path).sha256, "de54e48585d0eaeaebb9997761c93427850723e3d00a455d71f8274368388195"}) == 3
