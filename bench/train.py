@@ -22,7 +22,8 @@ without the embedding (a lookup); T = non-padding tokens; this ignores attention
 counts the prompt positions the labelled-only head skips, so it is the work of plain training. The fraction is over
 the fp32 matmul peak measured here (the bf16 one for bf16 variants) on the training thread count.
 Writes bench/results/train.json and train.md (--profile: also train-profile.md, the top ops of one DPO step of
-before and after by self CPU time; the profiled step is the last one of that variant's run). Not a test.
+before and after by self CPU time; the profiled step is the last one of that variant's first run, and profiled
+runs are left out of the medians). Not a test.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def main() -> None:
                         r = {"error": f"{type(e).__name__}: {e}"[:300]}
                     if sink:
                         profiles[variant] = sink[0]
-                    rows.append({"method": method, "variant": variant, "round": rnd, **r})
+                    rows.append({"method": method, "variant": variant, "round": rnd, **r, "profiled": sink is not None})
                     print(rows[-1], flush=True)
                     write(summarize(rows, peak, base, device, data), profiles)  # so far: a killed run keeps its rows
                     gc.collect()
@@ -223,7 +224,8 @@ def summarize(rows: list[dict], peak: dict, base: dict, device: str, data: str) 
         fpt = flops_per_token(method)
         med = {}
         for variant in dict.fromkeys(r["variant"] for r in rows if r["method"] == method):
-            ok = [r for r in rows if r["method"] == method and r["variant"] == variant and "tokens_per_s" in r]
+            ok = [r for r in rows if r["method"] == method and r["variant"] == variant and "tokens_per_s" in r
+                  and not r.get("profiled")]  # the profiler slows its step several times over
             if ok:
                 med[variant] = statistics.median(r["tokens_per_s"] for r in ok)
         for variant, tps in med.items():
@@ -250,11 +252,13 @@ def write(result: dict, profiles: dict) -> None:
              f"{result['data']}.", "",
              f"Matmul peak on {p['threads']} threads ({p['cores']} cores): fp32 {p['fp32_gflops']} GFLOP/s, bf16 "
              f"{p['bf16_gflops']} GFLOP/s (native bf16: {p['native_bf16']}).", "",
-             "Tokens/s: non-padding tokens over init + train seconds. GFLOP/s: DPO 8 N T, reward 6 N' T (bench/train.py).", "",
+             "Tokens/s: non-padding tokens over init + train seconds. GFLOP/s: DPO 8 N T, reward 6 N' T (bench/train.py). "
+             "Medians leave out the profiled runs (their last step ran under torch.profiler).", "",
              "| method | variant | round | init s | train s | tokens | tokens/s | threads | losses |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "tokens_per_s" in r:
-            lines.append(f"| {r['method']} | {r['variant']} | {r['round']} | {r['init_seconds']} | {r['train_seconds']} | "
+            lines.append(f"| {r['method']} | {r['variant']}{' (profiled)' if r.get('profiled') else ''} | {r['round']} | "
+                         f"{r['init_seconds']} | {r['train_seconds']} | "
                          f"{r['tokens']} | {r['tokens_per_s']} | {r['threads_in_training']} | {r['losses']} |")
         else:
             lines.append(f"| {r['method']} | {r['variant']} | {r['round']} | failed: {r['error']} | | | | | |")
