@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -17,10 +18,28 @@ from rlaif.train.common import trl_args
 from rlaif.train.dpo import CDPOTrainer
 from rlaif.train.soft_labels import soft_label_loss
 
-from tests.train.test_soft_labels import _batch, _logps, _pairs
 
 P = [0.9, 0.6, 0.75, 1.0]
 BETA = 0.5
+
+
+def _pairs(p: list[float]) -> datasets.Dataset:
+    answers = [("A careful, kind answer.", "No. Figure it out yourself!"), ("Paris is the capital.", "Lyon, I think."),
+               ("I cannot help with that.", "Sure, here is how."), ("A joke about cats.", "Cats are bad.")]
+    return datasets.Dataset.from_list([
+        {"prompt": [{"role": "user", "content": f"Question number {i}?"}], "chosen": [{"role": "assistant", "content": c}],
+         "rejected": [{"role": "assistant", "content": r}], "p": p[i]} for i, (c, r) in enumerate(answers[: len(p)])])
+
+
+def _batch(trainer) -> dict:
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def _logps(model, batch) -> torch.Tensor:
+    """Summed log-probabilities of each sequence's completion tokens, from plain full logits; (2B,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    tokens, mask = batch["input_ids"][:, 1:], batch["completion_mask"][:, 1:]
+    return (torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask).sum(1)
 
 
 def _trainer(model_dir, tmp_path, precompute: bool):
