@@ -107,8 +107,8 @@ def test_no_import_cycles():
 
 
 # The rooms of the package from the top of the flow to the bottom (docs/architecture.md). A module may import its own
-# room and the rooms below it. The base modules (errors, terminal output, the run log, key redaction, statistics) are
-# at the bottom: everything may use them, they use nothing above.
+# room and the rooms below it. The base modules (errors, terminal output, the run log, key redaction, statistics, the
+# bf16 check) are at the bottom: everything may use them, they use nothing above.
 ROOMS = ["cli", "pipeline", "report", "evaluate", "train", "human", "export", "stages", "backends", "rundir", "spec"]
 BASE = {"rlaif", "rlaif.errors", "rlaif.progress", "rlaif.runlog", "rlaif.redact", "rlaif.stats", "rlaif.hardware"}
 

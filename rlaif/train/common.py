@@ -54,15 +54,15 @@ def confidences(dataset) -> np.ndarray:
     return np.array([a if a is not None else (1 + b) / 2 if b is not None else 1.0 for a, b in zip(p, margin)], dtype=float)
 
 
-def trl_args(cls, cfg, **extra):
-    """The TRL config: CPU-friendly defaults, then the file's `trl` block, then what rlaif derives (`extra`)."""
+def trl_args(cls, cfg, method_defaults: dict | None = None, **extra):
+    """The TRL config: rlaif's defaults (then the method's), then the file's `trl` block, then what rlaif derives."""
     import torch
 
+    from . import speed
+
     # no wandb/tensorboard surprises; no tqdm bar: `progress_callback` prints one line per logging step instead
-    defaults = {"report_to": [], "disable_tqdm": True}
-    if torch.cuda.is_available():
-        defaults["bf16"] = torch.cuda.is_bf16_supported()
-    else:
+    defaults = {"report_to": [], "disable_tqdm": True, **speed.precision_defaults(), **(method_defaults or {})}
+    if not torch.cuda.is_available():
         defaults["use_cpu"] = True
     try:
         return cls(**{**defaults, **cfg.trl, **extra, "output_dir": cfg.output_dir})

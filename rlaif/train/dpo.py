@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from trl import DPOTrainer
 
 from ..errors import UserError
 from .common import confidences, history, load_tokenizer, lora_config, progress_callback, trl_args
+from .speed import labelled_tokens_only
 from .soft_labels import COLUMN, carry_p, soft_label_loss, with_confidence
 
 
@@ -72,7 +75,10 @@ def run(cfg, log) -> dict:
         info.update(extra, rdpo_scale=1 / (1 - 2 * extra["label_smoothing"]))
         log(f"dpo: rdpo: label_smoothing {extra['label_smoothing']:.4f} = mean(1 - p_chosen) over {len(conf)} pairs, "
             f"loss robust, scaled by 1 / (1 - 2 eps) = {info['rdpo_scale']:.1f}")
-    args = trl_args(DPOConfig, cfg, **extra)
+    # TRL's precompute_ref_log_probs is left to the user (off): the same numbers, but it runs the reference over every
+    # row and hashes the weights first, so a run shorter than an epoch (the demo's 2 steps) measured slower end to end
+    # (docs/method.md §12, bench/results/train.md); `trl: {precompute_ref_log_probs: true}` for multi-epoch runs
+    args = trl_args(DPOConfig, cfg, {}, **extra)
     columns = ["prompt", "chosen", "rejected"]
     if cfg.soft_labels == "weight":
         index = resample(2 * conf - 1, args.seed)
@@ -91,14 +97,17 @@ def run(cfg, log) -> dict:
     peft_config = lora_config(cfg, path, AutoModelForCausalLM, "CAUSAL_LM")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights; bf16 autocasts
     trainer_cls = CDPOTrainer if cfg.soft_labels == "cdpo" else DPOTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[progress_callback("dpo", log)])
-    result = trainer.train()
+    with labelled_tokens_only():  # the precompute runs inside __init__, so both are inside
+        start = time.perf_counter()
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=peft_config, callbacks=[progress_callback("dpo", log)])
+        init_seconds = time.perf_counter() - start  # tokenizing, the reference model or its precomputed log-probs
+        result = trainer.train()
     trainer.save_model(cfg.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {**info, "steps": result.global_step, "train_loss": result.training_loss, "losses": losses,
             "history": history(trainer.state.log_history), "train_runtime": result.metrics.get("train_runtime"),
-            "tokens_seen": trainer.state.num_input_tokens_seen}
+            "init_seconds": round(init_seconds, 2), "tokens_seen": trainer.state.num_input_tokens_seen}
 
 
 def smoothing(conf: np.ndarray, cfg) -> dict:

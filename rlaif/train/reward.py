@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from trl import RewardTrainer
@@ -60,13 +62,15 @@ def run(cfg, log) -> dict:
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     log(f"reward: {len(train_ds)} pairs to train, {len(eval_ds)} held out (whole prompts), soft labels {cfg.soft_labels}")
     trainer_cls = SoftRewardTrainer if cfg.soft_labels == "cross_entropy" else RewardTrainer
+    start = time.perf_counter()
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[progress_callback("reward", log)])
+    init_seconds = time.perf_counter() - start  # tokenizing; with LoRA, wrapping the model
     result = trainer.train()
     metrics = {"rows": len(dataset), "train_pairs": len(train_ds), "steps": result.global_step,
                "train_loss": result.training_loss, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
                "history": history(trainer.state.log_history), "train_runtime": result.metrics.get("train_runtime"),
-               "tokens_seen": trainer.state.num_input_tokens_seen}
+               "init_seconds": round(init_seconds, 2), "tokens_seen": trainer.state.num_input_tokens_seen}
     if len(eval_ds):
         metrics["eval_pairs"], metrics["eval_accuracy"] = len(trainer.eval_dataset), pairwise_accuracy(trainer)
     trainer.save_model(cfg.output_dir)
