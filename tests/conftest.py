@@ -175,3 +175,14 @@ def make_reward_model(tmp_path):
 def tiny_reward_model(make_reward_model, tiny_chat_model) -> Path:
     """The tiny reward model on the tiny chat model's tokenizer."""
     return make_reward_model(tiny_chat_model)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Bad input must be caught before any model is loaded (the bad-input suites use it on every test)."""
+    from rlaif.backends import pool
+
+    def refuse(self, cfg):
+        raise AssertionError("a model was loaded before the input was validated")
+
+    monkeypatch.setattr(pool.ModelPool, "get", refuse)

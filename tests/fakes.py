@@ -378,3 +378,16 @@ def _ppo_config(tmp_path, model, dataset, reward_model, rest: str):
                    f"reward:\n  model: {reward_model}\n" + rest)
     return cfg
 
+
+def first_batch(trainer) -> dict:
+    """The first collated batch a TRL trainer would train on."""
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def completion_logps(model, batch):
+    """Summed log-probabilities of each sequence's completion tokens, from plain full logits; (2B,)."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    tokens, mask = batch["input_ids"][:, 1:], batch["completion_mask"][:, 1:]
+    return (torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask).sum(1)

@@ -7,21 +7,13 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from rlaif.backends import pool as models
 from rlaif.cli import main
 
 from tests.conftest import write_pipeline
 from tests.fakes import GOOD_PRINCIPLE, assert_one_line, constitution, run_cli
 
 
-@pytest.fixture(autouse=True)
-def no_model_loads(monkeypatch):
-    """Bad input must be caught before any model is loaded."""
-
-    def refuse(self, cfg):
-        raise AssertionError("a model was loaded before the input was validated")
-
-    monkeypatch.setattr(models.ModelPool, "get", refuse)
+pytestmark = pytest.mark.usefixtures("no_model_loads")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(

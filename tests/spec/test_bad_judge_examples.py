@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from rlaif.backends import pool as models
 
 from tests.conftest import write_pipeline
 from tests.fakes import GOOD_PRINCIPLE, assert_one_line, constitution, run_cli
@@ -14,14 +13,7 @@ HEAD = "name: x\nprinciples:\n" + GOOD_PRINCIPLE + "  - {name: b, critique: c, r
 GOOD = "  - prompt: Hi\n    response_a: Hello!\n    response_b: Go away.\n    preferred: A\n"  # lines 9-12
 
 
-@pytest.fixture(autouse=True)
-def no_model_loads(monkeypatch):
-    """Bad input must be caught before any model is loaded."""
-
-    def refuse(self, cfg):
-        raise AssertionError("a model was loaded before the input was validated")
-
-    monkeypatch.setattr(models.ModelPool, "get", refuse)
+pytestmark = pytest.mark.usefixtures("no_model_loads")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ from rlaif.train.dpo import CDPOTrainer
 from rlaif.train.reward import SoftRewardTrainer
 from rlaif.train.soft_labels import soft_label_loss
 
+from tests.fakes import completion_logps, first_batch
+
 
 def test_soft_label_loss_is_the_cross_entropy_of_the_label():
     """l(x, p) = -p log sigmoid(x) - (1 - p) log sigmoid(-x); by hand: l(0, p) = log 2 for any p,
@@ -59,29 +61,20 @@ def _dpo(cls, model_dir, dataset, tmp_path, same_ref: bool = False, **args):
     return cls(model=model, ref_model=ref, args=config, train_dataset=dataset, processing_class=tokenizer)
 
 
-def _batch(trainer) -> dict:
-    return next(iter(trainer.get_train_dataloader()))
 
 
-def _logps(model, batch) -> torch.Tensor:
-    """Summed log-probabilities of each sequence's completion tokens, from plain logits; (2B,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    tokens, mask = batch["input_ids"][:, 1:], batch["completion_mask"][:, 1:]
-    return (torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask).sum(1)
-
-
-def test_cdpo_trainer_loss_is_the_formula_on_trls_batch(tiny_chat_model, tmp_path):
+def test_cdpo_trainer_loss_is_the_formula_on_trlsfirst_batch(tiny_chat_model, tmp_path):
     """Through TRL's tokenization and collator: after one optimizer step (so Delta != 0), the trainer's loss is
     mean_i l(beta * Delta_i, p_i), with Delta from an independent forward of the policy and the reference."""
     p = [0.9, 0.6, 0.75, 1.0]
     trainer = _dpo(CDPOTrainer, tiny_chat_model, _pairs(p), tmp_path, learning_rate=5e-3, max_steps=1)
     trainer.train()  # moves the policy away from the reference
-    batch = _batch(trainer)  # shuffled: each row's p must have travelled with the row
+    batch = first_batch(trainer)  # shuffled: each row's p must have travelled with the row
     texts = trainer.processing_class.batch_decode(batch["input_ids"][:4])
     assert batch["p"].tolist() == pytest.approx([p[int(t.split("Question number ")[1][0])] for t in texts])
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, dict(batch))
-        policy, ref = _logps(trainer.model, batch), _logps(trainer.ref_model, batch)
+        policy, ref = completion_logps(trainer.model, batch), completion_logps(trainer.ref_model, batch)
     delta = (policy - ref)[:4] - (policy - ref)[4:]
     assert delta.abs().max() > 1e-3  # the step moved it: the check below is not at the trivial point
     assert loss.item() == pytest.approx(soft_label_loss(0.5 * delta, batch["p"]).mean().item(), rel=1e-4)
@@ -96,7 +89,7 @@ def test_cdpo_with_hard_labels_is_trls_dpo(tiny_chat_model, tmp_path):
     grads = []
     for trainer in (ours, theirs):
         trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, dict(_batch(trainer)))
+        loss = trainer.compute_loss(trainer.model, dict(first_batch(trainer)))
         loss.backward()
         grads.append((loss.item(), torch.cat([q.grad.flatten() for q in trainer.model.parameters() if q.grad is not None])))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6) and torch.allclose(grads[0][1], grads[1][1], atol=1e-7)
@@ -108,7 +101,7 @@ def test_cdpo_gradient_is_zero_for_coin_flip_labels_at_the_start(tiny_chat_model
     grads = {}
     for p in (0.5, 1.0):
         trainer = _dpo(CDPOTrainer, tiny_chat_model, _pairs([p] * 4), tmp_path / str(p), same_ref=True)
-        loss = trainer.compute_loss(trainer.model, dict(_batch(trainer)))
+        loss = trainer.compute_loss(trainer.model, dict(first_batch(trainer)))
         loss.backward()
         assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
         grads[p] = max(q.grad.abs().max().item() for q in trainer.model.parameters() if q.grad is not None)
@@ -127,7 +120,7 @@ def test_reward_model_converges_to_the_soft_label(tiny_chat_model, tmp_path):
                         learning_rate=1e-2, max_steps=150, logging_steps=50, save_strategy="no", max_length=64)
     trainer = SoftRewardTrainer(model=model, args=args, train_dataset=_pairs([0.7] * 4), processing_class=tokenizer)
     trainer.train()
-    batch = _batch(trainer)
+    batch = first_batch(trainer)
     with torch.no_grad():
         rewards = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
     chosen, rejected = rewards.chunk(2)

@@ -18,6 +18,8 @@ from rlaif.train.common import trl_args
 from rlaif.train.dpo import CDPOTrainer
 from rlaif.train.soft_labels import soft_label_loss
 
+from tests.fakes import completion_logps, first_batch
+
 
 P = [0.9, 0.6, 0.75, 1.0]
 BETA = 0.5
@@ -31,15 +33,6 @@ def _pairs(p: list[float]) -> datasets.Dataset:
          "rejected": [{"role": "assistant", "content": r}], "p": p[i]} for i, (c, r) in enumerate(answers[: len(p)])])
 
 
-def _batch(trainer) -> dict:
-    return next(iter(trainer.get_train_dataloader()))
-
-
-def _logps(model, batch) -> torch.Tensor:
-    """Summed log-probabilities of each sequence's completion tokens, from plain full logits; (2B,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    tokens, mask = batch["input_ids"][:, 1:], batch["completion_mask"][:, 1:]
-    return (torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask).sum(1)
 
 
 def _trainer(model_dir, tmp_path, precompute: bool):
@@ -74,11 +67,11 @@ def test_precompute_and_labelled_tokens_give_the_same_loss_and_gradient(tiny_cha
     same."""
     online, start = _trainer(tiny_chat_model, tmp_path / "a", precompute=False)
     pre, _ = _trainer(tiny_chat_model, tmp_path / "b", precompute=True)
-    batch = _batch(online)
-    pre_batch = _batch(pre)  # the same rows in the same order (seed 0), plus the precomputed ref_*_logps
+    batch = first_batch(online)
+    pre_batch = first_batch(pre)  # the same rows in the same order (seed 0), plus the precomputed ref_*_logps
     assert torch.equal(batch["input_ids"], pre_batch["input_ids"])
     with torch.no_grad():
-        policy, ref = _logps(online.model, batch), _logps(start, batch)
+        policy, ref = completion_logps(online.model, batch), completion_logps(start, batch)
     delta = (policy - ref)[:4] - (policy - ref)[4:]
     assert delta.abs().min() > 1e-3  # not at the trivial point Delta = 0
     expected = soft_label_loss(BETA * delta, batch["p"]).mean().item()
@@ -99,7 +92,7 @@ def test_labelled_tokens_only_projects_the_labelled_positions(tiny_chat_model, t
     apply = trl_utils._ChunkedLogProbFunction.apply
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", lambda h, *a: rows.append(h.shape[0]) or apply(h, *a))
     trainer, _ = _trainer(tiny_chat_model, tmp_path, precompute=True)
-    batch = _batch(trainer)
+    batch = first_batch(trainer)
     rows.clear()  # the precompute's forward, inside __init__
     _loss_and_grad(trainer, batch, labelled_only=False)
     _loss_and_grad(trainer, batch, labelled_only=True)
